@@ -1,0 +1,1 @@
+"""flagstream glue: the ``flagstream`` command, the local Kafka + Redis stack, embedded mode."""

@@ -1,0 +1,5 @@
+import sys
+
+from flagstream.cli import main
+
+sys.exit(main())
