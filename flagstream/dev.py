@@ -1,0 +1,506 @@
+"""``flagstream dev``: the publisher and a relay in one process, in memory, on one port.
+
+No Kafka, no Redis: the publisher writes to a ``MemoryStore`` and a ``MemoryLog``, the relay
+reads the same log. Everything above those two interfaces — the publisher's API, validation,
+versioning and outbox forwarder; the relay's follower, state, resumption and fan-out — is the
+production code. Nothing survives the process.
+
+One port serves both apps (default 127.0.0.1:8030):
+
+- ``/api/...`` and ``/openapi.json`` go to the publisher app;
+- everything else goes to the relay app (``/all``, ``/flags``, ``/sdk/latest-all``,
+  ``/status``), so SDKs use the root URL exactly as they would a relay;
+- ``/livez``, ``/readyz`` and ``/metrics`` exist in both apps and are answered here for the
+  whole process: ``/readyz`` is 200 once the relay has read the log and the store answers
+  (503 while draining at shutdown); ``/metrics`` is the relay's and the publisher's
+  registries, one after the other (their names do not overlap:
+  ``flagstream_relay_*``, ``flagstream_publisher_*``).
+
+At start it seeds a demo environment with a few flags and a segment through the publisher's
+own HTTP API (the same code path as any operator's write), then prints the admin token, the
+demo SDK key, a ``curl -N`` line that shows the live stream and the ``flagstream admin``
+line that toggles a flag. Ctrl-C (or SIGTERM) closes the streams and stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.web_urldispatcher import AbstractRuleMatching, MatchedSubAppResource
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from flagstream.memlog import MemoryLog
+from publisher.app import METRICS as PUBLISHER_METRICS
+from publisher.app import PUBLISHER
+from publisher.app import build_app as build_publisher_app
+from publisher.config import PublisherSettings
+from publisher.memory_store import MemoryStore
+from publisher.store import StoreUnavailable
+from relay.app import STATE_KEY
+from relay.app import build_app as build_relay_app
+from relay.config import RelaySettings
+from relay.hub import Hub
+from relay.metrics import RelayMetrics
+
+__all__ = ["DEMO_ENV", "DevServer", "build_dev_app", "main", "running", "seed"]
+
+log = logging.getLogger("flagstream.dev")
+
+DEMO_ENV = "demo"
+TOGGLE_FLAG = "new-checkout"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8030
+
+_RELAY_APP = web.AppKey("dev_relay_app", web.Application)
+_PUBLISHER_APP = web.AppKey("dev_publisher_app", web.Application)
+_HUB = web.AppKey("dev_hub", Hub)
+_RELAY_METRICS = web.AppKey("dev_relay_metrics", RelayMetrics)
+
+
+# --- one port, two apps ------------------------------------------------------------------
+
+
+class _PathRule(AbstractRuleMatching):
+    """Routes a request to a sub-application by path prefix, keeping the path unchanged.
+
+    ``add_subapp(prefix, app)`` would prepend the prefix to the sub-app's routes, but the
+    publisher's routes already carry ``/api/v1``; this rule lets both apps keep their own
+    absolute paths on one port.
+    """
+
+    def __init__(
+        self,
+        prefixes: tuple[str, ...],
+        *,
+        exact: tuple[str, ...] = (),
+        exclude: tuple[str, ...] = (),
+    ) -> None:
+        self._prefixes = prefixes
+        self._exact = frozenset(exact)
+        self._exclude = frozenset(exclude)
+
+    async def match(self, request: web.Request) -> bool:
+        path = request.path
+        if path in self._exclude:
+            return False
+        return path in self._exact or path.startswith(self._prefixes)
+
+    def get_info(self) -> dict[str, Any]:  # type: ignore[override]
+        return {
+            "prefixes": self._prefixes,
+            "exact": sorted(self._exact),
+            "exclude": sorted(self._exclude),
+        }
+
+    @property
+    def canonical(self) -> str:
+        return "|".join(self._prefixes) or "*"
+
+
+def _mount(root: web.Application, subapp: web.Application, rule: AbstractRuleMatching) -> None:
+    # The same registration ``Application.add_domain`` performs, with a path rule instead of
+    # a Host rule: the sub-app's middlewares, signals (startup/cleanup) and app keys work as
+    # for any sub-application.
+    root._add_subapp(partial(MatchedSubAppResource, rule, subapp), subapp)
+
+
+async def _livez(request: web.Request) -> web.Response:
+    return web.json_response({"status": "alive"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    root = request.app
+    relay_ready = root[_RELAY_APP][STATE_KEY].ready
+    try:
+        await root[_PUBLISHER_APP][PUBLISHER].store.ping()
+        publisher_ready = True
+    except StoreUnavailable:
+        publisher_ready = False
+    draining = root[_HUB].draining
+    body = {
+        "status": "ready" if relay_ready and publisher_ready and not draining else "not ready",
+        "relay": "draining" if draining else ("ready" if relay_ready else "bootstrapping"),
+        "publisher": "ready" if publisher_ready else "store unavailable",
+    }
+    if body["status"] == "ready":
+        return web.json_response(body)
+    return web.json_response(body, status=503, headers={"Retry-After": "1"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    root = request.app
+    publisher_registry = root[_PUBLISHER_APP][PUBLISHER_METRICS].registry
+    body = root[_RELAY_METRICS].render() + generate_latest(publisher_registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _index(request: web.Request) -> web.Response:
+    text = (
+        "flagstream dev: publisher and relay in one process, in memory\n\n"
+        "relay (SDKs):  GET /all  GET /flags  GET /sdk/latest-all  GET /status\n"
+        "publisher:     /api/v1/environments/...  (see /openapi.json)\n"
+        "process:       GET /livez  GET /readyz  GET /metrics\n"
+    )
+    return web.Response(text=text)
+
+
+def build_dev_app(
+    relay_settings: RelaySettings,
+    publisher_settings: PublisherSettings,
+    log: MemoryLog,
+    store: MemoryStore,
+) -> web.Application:
+    """The relay and the publisher over ``log`` and ``store``, as one aiohttp application."""
+    metrics = RelayMetrics()
+    hub = Hub(relay_settings, metrics)
+    relay_app = build_relay_app(relay_settings, log.source(), metrics=metrics, hub=hub)
+    publisher_app = build_publisher_app(publisher_settings, store, log)
+    root = web.Application(
+        handler_args={
+            "max_line_size": relay_settings.max_request_line,
+            "max_field_size": relay_settings.max_header_size,
+        }
+    )
+    root[_RELAY_APP] = relay_app
+    root[_PUBLISHER_APP] = publisher_app
+    root[_HUB] = hub
+    root[_RELAY_METRICS] = metrics
+    # aiohttp tries rule-matched sub-apps (in registration order) before the root's own
+    # routes, so the relay's catch-all rule leaves out the paths answered here.
+    own = {"/": _index, "/livez": _livez, "/readyz": _readyz, "/metrics": _metrics}
+    for path, handler in own.items():
+        root.router.add_get(path, handler)
+    _mount(root, publisher_app, _PathRule(("/api/",), exact=("/openapi.json",)))
+    _mount(root, relay_app, _PathRule(("/",), exclude=tuple(own)))
+    return root
+
+
+# --- seed data ---------------------------------------------------------------------------
+
+
+def _bool_flag(key: str, *, on: bool, **extra: Any) -> dict[str, Any]:
+    flag: dict[str, Any] = {
+        "key": key,
+        "on": on,
+        "variations": [True, False],
+        "fallthrough": {"variation": 0},
+        "offVariation": 1,
+    }
+    flag.update(extra)
+    return flag
+
+
+SEED_SEGMENTS: tuple[dict[str, Any], ...] = (
+    {"key": "beta-users", "included": ["alice", "bob"], "excluded": [], "rules": []},
+)
+
+SEED_FLAGS: tuple[dict[str, Any], ...] = (
+    _bool_flag(TOGGLE_FLAG, on=False),
+    _bool_flag("dark-mode", on=True),
+    _bool_flag(
+        "search-v2",
+        on=True,
+        # Members of the beta-users segment get the new search; everyone else does not.
+        fallthrough={"variation": 1},
+        rules=[
+            {
+                "id": "beta",
+                "variation": 0,
+                "clauses": [
+                    {
+                        "contextKind": "user",
+                        "attribute": "key",
+                        "op": "segmentMatch",
+                        "values": ["beta-users"],
+                        "negate": False,
+                    }
+                ],
+            }
+        ],
+    ),
+    {
+        "key": "banner-text",
+        "on": True,
+        "variations": ["Welcome to flagstream", "Spring sale: 20% off"],
+        "fallthrough": {"variation": 0},
+        "offVariation": 0,
+    },
+)
+
+
+class SeedError(RuntimeError):
+    """The publisher refused the seed data (a bug: the seed must always be valid)."""
+
+
+async def seed(session: aiohttp.ClientSession, url: str, admin_token: str) -> str:
+    """Create the demo environment, its segment and flags via the API; return its SDK key."""
+    headers = {"Authorization": f"Bearer {admin_token}", "X-Change-Comment": "flagstream dev seed"}
+    api = f"{url}/api/v1/environments"
+
+    async def call(method: str, path: str, body: Any) -> Any:
+        async with session.request(method, api + path, json=body, headers=headers) as resp:
+            payload = await resp.json(content_type=None)
+            if resp.status not in (200, 201):
+                raise SeedError(f"{method} {path or '/'}: {resp.status} {payload}")
+            return payload
+
+    created = await call("POST", "", {"key": DEMO_ENV, "name": "Demo environment"})
+    for segment in SEED_SEGMENTS:
+        await call("PUT", f"/{DEMO_ENV}/segments/{segment['key']}", segment)
+    for flag in SEED_FLAGS:
+        await call("PUT", f"/{DEMO_ENV}/flags/{flag['key']}", flag)
+    return str(created["sdkKey"])
+
+
+# --- running -----------------------------------------------------------------------------
+
+
+@dataclass
+class DevServer:
+    """A running ``flagstream dev``: where it listens and the credentials it created."""
+
+    url: str
+    host: str
+    port: int
+    admin_token: str
+    sdk_key: str | None  # None when started with seed=False
+    log: MemoryLog
+    store: MemoryStore
+    app: web.Application
+    hub: Hub
+
+    @property
+    def relay_app(self) -> web.Application:
+        return self.app[_RELAY_APP]
+
+    @property
+    def publisher_app(self) -> web.Application:
+        return self.app[_PUBLISHER_APP]
+
+
+class DevStartError(Exception):
+    """A start-up failure with a one-line message for the user (e.g. port in use)."""
+
+
+@contextlib.asynccontextmanager
+async def running(
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    admin_token: str | None = None,
+    seed_demo: bool = True,
+    relay_overrides: dict[str, Any] | None = None,
+    publisher_overrides: dict[str, Any] | None = None,
+    partitions: int = 6,
+) -> AsyncIterator[DevServer]:
+    """Serve the embedded default until the block exits; ``port=0`` picks a free port.
+
+    Settings come from the ``FLAGSTREAM_*`` environment like the real services', with
+    ``host``/``port`` and the overrides on top (tests use them for short timeouts).
+    """
+    token = admin_token or secrets.token_urlsafe(24)
+    relay_settings = RelaySettings(
+        **{"host": host, "port": port, "workers": 1, **(relay_overrides or {})}
+    )
+    publisher_settings = PublisherSettings(**{"admin_token": token, **(publisher_overrides or {})})
+    memlog = MemoryLog(partitions=partitions)
+    store = MemoryStore(audit_max_entries=publisher_settings.audit_max_entries)
+    app = build_dev_app(relay_settings, publisher_settings, memlog, store)
+    hub = app[_HUB]
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise DevStartError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                "(is another flagstream dev running? choose another --port)"
+            ) from None
+        bound_host, bound_port = runner.addresses[0][:2]
+        url = f"http://{_url_host(bound_host)}:{bound_port}"
+        sdk_key: str | None = None
+        if seed_demo:
+            async with aiohttp.ClientSession() as session:
+                sdk_key = await seed(session, url, token)
+        # The relay reads the seed from the log within milliseconds; wait so the printed
+        # curl line gets the flags, not a 503.
+        state = app[_RELAY_APP][STATE_KEY]
+        await asyncio.wait_for(state.ready_event.wait(), 30)
+        yield DevServer(
+            url=url,
+            host=str(bound_host),
+            port=int(bound_port),
+            admin_token=token,
+            sdk_key=sdk_key,
+            log=memlog,
+            store=store,
+            app=app,
+            hub=hub,
+        )
+    finally:
+        # Close the SSE streams first (their clients reconnect), or the runner would wait
+        # for them until its shutdown timeout.
+        with contextlib.suppress(Exception):
+            await hub.drain(0.0)
+        await runner.cleanup()
+        await store.close()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def banner(server: DevServer, *, token_from_env: bool) -> str:
+    """What ``flagstream dev`` prints at start: where things are and what to type next."""
+    url = server.url
+    key = server.sdk_key or "sdk-..."
+    token_note = (
+        "from FLAGSTREAM_ADMIN_TOKEN"
+        if token_from_env
+        else "generated; set FLAGSTREAM_ADMIN_TOKEN to choose one"
+    )
+    admin = admin_command(server, TOGGLE_FLAG)
+    return "\n".join(
+        [
+            "flagstream dev: publisher + relay in one process, in memory (nothing is saved)",
+            "",
+            f"  relay for SDKs   {url}   (/all, /flags, /sdk/latest-all, /status)",
+            f"  publisher API    {url}/api/v1   (OpenAPI: {url}/openapi.json)",
+            f"  admin token      {server.admin_token}   ({token_note})",
+            f'  SDK key          {key}   (environment "{DEMO_ENV}")',
+            "  flags            " + ", ".join(f["key"] for f in SEED_FLAGS),
+            "",
+            "Watch the live stream (in another terminal):",
+            f"  curl -N -H 'Authorization: {key}' {url}/all",
+            "",
+            f"Toggle {TOGGLE_FLAG} and see the patch arrive on the stream:",
+            f"  {admin}",
+            "",
+            "Ctrl-C stops.",
+        ]
+    )
+
+
+def admin_command(server: DevServer, flag: str) -> str:
+    """The ``flagstream admin`` command line that toggles ``flag`` on this server."""
+    return shlex.join(
+        [
+            flagstream_command(),
+            "admin",
+            "--url",
+            server.url,
+            "--token",
+            server.admin_token,
+            "flag",
+            "toggle",
+            DEMO_ENV,
+            flag,
+        ]
+    )
+
+
+def flagstream_command() -> str:
+    """How the user can type ``flagstream``: the bare name if it is on PATH, else the path of
+    the script next to this interpreter (a virtual environment that is not activated)."""
+    beside = Path(sys.executable).with_name("flagstream")
+    on_path = shutil.which("flagstream")
+    if on_path is not None and (not beside.exists() or Path(on_path).resolve() == beside.resolve()):
+        return "flagstream"
+    if beside.exists():
+        relative = os.path.relpath(beside)
+        return relative if not relative.startswith("..") else str(beside)
+    return "flagstream"
+
+
+# --- command line ------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flagstream dev",
+        description="Publisher and relay in one process over an in-memory log and store, "
+        "seeded with a demo environment. No Kafka or Redis needed; nothing is saved.",
+    )
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind (%(default)s)")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="port for both APIs (%(default)s)"
+    )
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level of the components (%(default)s)",
+    )
+    return parser
+
+
+def _format_validation(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        message = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"flagstream dev: invalid setting {where}: {message}")
+    return lines
+
+
+async def _serve(args: argparse.Namespace, stop: Callable[[], Awaitable[object]]) -> int:
+    env_token = os.environ.get("FLAGSTREAM_ADMIN_TOKEN") or None
+    async with running(host=args.host, port=args.port, admin_token=env_token) as server:
+        print(banner(server, token_from_env=env_token is not None), flush=True)
+        await stop()
+        print("\nflagstream dev: stopping", flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if not 0 <= args.port <= 65535:
+        print("flagstream dev: --port must be between 0 and 65535", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+
+    async def run() -> int:
+        loop = asyncio.get_running_loop()
+        stop_event = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop_event.set)
+        try:
+            return await _serve(args, stop_event.wait)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    try:
+        return asyncio.run(run())
+    except ValidationError as exc:
+        for line in _format_validation(exc):
+            print(line, file=sys.stderr)
+        return 2
+    except DevStartError as exc:
+        print(f"flagstream dev: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Spawned services (``--spawn``): relays and a publisher as subprocesses on free ports.
+
+Each child runs ``python -m flagstream relay|publisher`` with its configuration in
+``FLAGSTREAM_*`` variables, output to a log file (shown on failure), and inherits this
+process's raised file-descriptor limit. ``Service.close`` sends SIGTERM, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+__all__ = ["Service", "ServiceError", "free_port", "spawn_publisher", "spawn_relay", "wait_ready"]
+
+
+class ServiceError(Exception):
+    """A service did not start or did not become ready; the message has its log's tail."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Service:
+    name: str
+    url: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (the relay's workers too): a crash."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def close(self, timeout: float = 10.0) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # stray workers
+
+
+def _spawn(name: str, args: list[str], env: dict[str, str], url: str) -> Service:
+    log = Path(tempfile.mkstemp(prefix=f"flagstream-loadtest-{name}-", suffix=".log")[1])
+    child_env = {**os.environ, **env}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flagstream", *args],
+            env=child_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # own process group: kill() reaches every worker
+        )
+    return Service(name=name, url=url, proc=proc, log_path=log)
+
+
+def spawn_relay(
+    *,
+    kafka_bootstrap: str,
+    topic: str,
+    workers: int = 1,
+    port: int | None = None,
+    extra_env: dict[str, str] | None = None,
+    name: str = "relay",
+) -> Service:
+    port = port or free_port()
+    env = {
+        "FLAGSTREAM_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "FLAGSTREAM_TOPIC": topic,
+        "FLAGSTREAM_RELAY_HOST": "127.0.0.1",
+        "FLAGSTREAM_RELAY_PORT": str(port),
+        "FLAGSTREAM_RELAY_WORKERS": str(workers),
+        **(extra_env or {}),
+    }
+    return _spawn(name, ["relay"], env, f"http://127.0.0.1:{port}")
+
+
+def spawn_publisher(
+    *,
+    kafka_bootstrap: str,
+    redis_url: str,
+    topic: str,
+    admin_token: str,
+    port: int | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> Service:
+    port = port or free_port()
+    env = {
+        "FLAGSTREAM_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "FLAGSTREAM_REDIS_URL": redis_url,
+        "FLAGSTREAM_TOPIC": topic,
+        "FLAGSTREAM_ADMIN_TOKEN": admin_token,
+        # its own key space: outboxes of concurrent publishers must not mix
+        "FLAGSTREAM_PUBLISHER_REDIS_PREFIX": f"flagstream-loadtest:{topic}:",
+        "FLAGSTREAM_PUBLISHER_HOST": "127.0.0.1",
+        "FLAGSTREAM_PUBLISHER_PORT": str(port),
+        **(extra_env or {}),
+    }
+    return _spawn("publisher", ["publisher"], env, f"http://127.0.0.1:{port}")
+
+
+async def wait_ready(
+    url: str, *, within: float = 60.0, service: Service | None = None, path: str = "/readyz"
+) -> float:
+    """Poll ``url + path`` until 200; return the seconds waited. Raises ServiceError."""
+    start = time.perf_counter()
+    deadline = start + within
+    last = "no answer"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while True:
+            if service is not None and service.proc.poll() is not None:
+                raise ServiceError(
+                    f"{service.name} exited with code {service.proc.returncode} before "
+                    f"ready; its log ({service.log_path}):\n{service.log_tail()}"
+                )
+            try:
+                async with session.get(url + path) as resp:
+                    if resp.status == 200:
+                        return time.perf_counter() - start
+                    last = f"HTTP {resp.status}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                last = type(exc).__name__
+            if time.perf_counter() >= deadline:
+                tail = f"\nits log ({service.log_path}):\n{service.log_tail()}" if service else ""
+                raise ServiceError(f"{url}{path} not ready after {within:.0f}s ({last}){tail}")
+            await asyncio.sleep(0.02)

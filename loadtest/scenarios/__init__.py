@@ -1,0 +1,2 @@
+"""The benchmark scenarios; each module has ``NAME``, ``add_arguments(parser)`` and
+``async run(ctx) -> Result``."""

@@ -1,0 +1,154 @@
+"""``cold-start``: relay start to ready with 10k / 100k / 1M flags in the topic.
+
+For each size a fresh topic is filled straight through Kafka (batched, idempotent producer),
+then a relay process is started on it and timed from ``exec`` to ``/readyz`` answering 200
+(ready = the bootstrap read reached every partition's high watermark). Also reported: the
+relay's memory when ready, and the fill rate. Topics are deleted afterwards. Needs --spawn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+from loadtest import plots
+from loadtest.driver import DriverError, KafkaDriver, flag_key
+from loadtest.procs import wait_ready
+from loadtest.progress import Progress
+from loadtest.report import Result, Table
+from loadtest.scenarios.common import Context, ScenarioError, start_relay
+from loadtest.sysinfo import rss_bytes
+
+NAME = "cold-start"
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(float(x)) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected comma-separated integers") from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError("sizes must be >= 1")
+    return sizes
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sizes",
+        type=_sizes,
+        default=_sizes("10000,100000,1000000"),
+        help="flags in the topic per run (default 10000,100000,1000000)",
+    )
+    p.add_argument("--envs", type=int, default=10, help="environments the flags spread over")
+
+
+async def _fill(ctx: Context, topic: str, size: int, envs: int, counter: list[int]) -> float:
+    """Write ``size`` flags over ``envs`` environments; return the seconds it took."""
+    driver = KafkaDriver(ctx.args.kafka, topic, ctx.recorder, linger_ms=50)
+    try:
+        await driver.start()
+    except DriverError as exc:
+        raise ScenarioError(f"{exc} (is the local stack up? `flagstream stack up`)") from exc
+    t0 = time.perf_counter()
+    try:
+        per_env = [size // envs + (1 if i < size % envs else 0) for i in range(envs)]
+        for i, n in enumerate(per_env):
+            env = f"lt-cold-{i}"
+            await driver.create_environment(env, 0)
+            pending: list[Any] = []
+            for j in range(n):
+                key = flag_key(j)
+                pending.append(await driver.enqueue_flag(env, key, 1, False))
+                if len(pending) >= 5000:
+                    await asyncio.gather(*pending)
+                    counter[0] += len(pending)
+                    pending = []
+            await asyncio.gather(*pending)
+            counter[0] += len(pending)
+    finally:
+        await driver.stop()
+    return time.perf_counter() - t0
+
+
+async def run(ctx: Context) -> Result:
+    a = ctx.args
+    if not ctx.spawn:
+        raise ScenarioError("cold-start starts relays itself: run it with --spawn")
+    if a.via != "kafka":
+        raise ScenarioError("cold-start fills topics straight through Kafka: use --via kafka")
+    result = ctx.result(NAME, {"sizes": a.sizes, "envs": a.envs, "workers": a.workers})
+    result.via = "kafka"
+    t_start = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    counter = [0]
+    state = {"size": 0, "phase": "fill"}
+
+    def render() -> str:
+        return f"{state['size']} flags: {state['phase']} ({counter[0]} written)"
+
+    async with Progress(NAME, render, enabled=ctx.progress) as progress:
+        for size in a.sizes:
+            topic = ctx.new_topic(f"cold{size}")
+            state["size"], state["phase"] = size, "fill"
+            counter[0] = 0
+            try:
+                fill_s = await _fill(ctx, topic, size, a.envs, counter)
+                progress.note(f"{size} flags written in {fill_s:.1f}s; starting a relay")
+                state["phase"] = "relay bootstrap"
+                t0 = time.perf_counter()
+                relay = await start_relay(ctx, topic, name=f"relay-{size}")
+                ready_s = time.perf_counter() - t0
+                # relay.started is taken at spawn: the real start-to-ready time
+                ready_from_exec = time.perf_counter() - relay.started
+                await wait_ready(relay.url, within=5, service=relay)
+                rss = rss_bytes(relay.pid)
+                rows.append(
+                    {
+                        "flags": size,
+                        "envs": a.envs,
+                        "fill_s": fill_s,
+                        "fill_rate": size / fill_s if fill_s else 0,
+                        "ready_s": ready_from_exec,
+                        "ready_wait_s": ready_s,
+                        "relay_rss": rss,
+                    }
+                )
+                progress.note(
+                    f"{size} flags: ready after {ready_from_exec:.2f}s, RSS {rss / 2**20:.0f} MiB"
+                )
+            finally:
+                await ctx.cleanup()  # one topic at a time: 1M flags take disk space
+    result.figures = {"runs": rows}
+    result.tables.append(
+        Table(
+            f"relay start -> /readyz 200, flags over {a.envs} environments, {a.workers} worker(s)",
+            ["flags", "start to ready", "relay RSS at ready", "topic fill (via kafka)"],
+            [
+                [
+                    f"{r['flags']:,}",
+                    f"{r['ready_s']:.2f} s",
+                    f"{r['relay_rss'] / 2**20:.0f} MiB",
+                    f"{r['fill_s']:.1f} s ({r['fill_rate']:.0f}/s)",
+                ]
+                for r in rows
+            ],
+        )
+    )
+    result.series = {"runs": rows}
+    if not a.no_plots and rows:
+        result.plots.append(
+            str(
+                plots.bars(
+                    ctx.plot_path("ready"),
+                    [f"{r['flags']:,}" for r in rows],
+                    {"start to ready (s)": [r["ready_s"] for r in rows]},
+                    title="cold start: relay start to ready",
+                    ylabel="seconds",
+                )
+            )
+        )
+    result.ok = len(rows) == len(a.sizes)
+    result.duration_s = time.perf_counter() - t_start
+    return result

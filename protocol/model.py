@@ -1,0 +1,467 @@
+"""Flags and segments in the LaunchDarkly JSON model: validation and normalization.
+
+``validate_flag`` / ``validate_segment`` take parsed JSON (untrusted: whatever an operator
+sent) and either raise ``ValidationError`` naming the exact path of the first bad field
+(``rules[2].clauses[0].op``) or return a **normalized copy**:
+
+- every field an SDK reads is present: absent optional fields are filled with the
+  LaunchDarkly defaults (``on: false``, ``offVariation: null``, ``targets: []``, ``salt: ""``,
+  ``clientSideAvailability: {usingMobileKey: false, usingEnvironmentId: false}``,
+  ``deleted: false``, rule ``trackEvents: false``, clause ``negate: false``, ...). Filling the
+  defaults changes no evaluation: they are what SDKs assume for a missing field.
+- unknown extra fields are preserved unchanged, at every level (LaunchDarkly adds fields;
+  SDKs that know them get them).
+- ``version`` is checked if present (a positive integer <= 2**53-1) but never filled: the
+  publisher assigns versions.
+- the input is not modified; containers the validator understands are copied, opaque JSON
+  values (variation values, clause values, extra fields) are shared with the input.
+
+A **tombstone** is an item with ``deleted: true``: only ``key``, ``version`` and ``deleted``
+are checked, everything else is kept as is (SDKs ignore the body of a deleted item).
+``make_tombstone`` builds the canonical one.
+
+Validation never raises anything but ValidationError, whatever the input: the whole value is
+first checked, without recursion, to be JSON (dict with string keys, list, str without lone
+surrogates, int, finite float, bool, None), then the structure is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any, Final
+
+from protocol.errors import ValidationError
+from protocol.keys import validate_key
+
+__all__ = [
+    "CLAUSE_OPERATORS",
+    "MAX_DEPTH",
+    "MAX_VERSION",
+    "ROLLOUT_TOTAL",
+    "encode_item",
+    "flag_references",
+    "make_tombstone",
+    "segment_references",
+    "validate_flag",
+    "validate_segment",
+]
+
+ROLLOUT_TOTAL: Final = 100_000
+MAX_VERSION: Final = 2**53 - 1  # JSON numbers are doubles in JS SDKs
+MAX_DEPTH: Final = 100  # nesting levels of any JSON value inside an item
+CLAUSE_OPERATORS: Final = frozenset(
+    {
+        "in",
+        "endsWith",
+        "startsWith",
+        "matches",
+        "contains",
+        "lessThan",
+        "lessThanOrEqual",
+        "greaterThan",
+        "greaterThanOrEqual",
+        "before",
+        "after",
+        "segmentMatch",
+        "semVerEqual",
+        "semVerLessThan",
+        "semVerGreaterThan",
+    }
+)
+_ROLLOUT_KINDS: Final = frozenset({"rollout", "experiment"})
+
+
+def encode_item(item: Mapping[str, Any]) -> bytes:
+    """Compact UTF-8 JSON of a (validated) item, keys in their given order.
+
+    Raises ValueError or TypeError if ``item`` is not JSON (never for validate_* output).
+    """
+    return json.dumps(item, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def make_tombstone(key: str, version: int) -> dict[str, Any]:
+    """The canonical deleted item: ``{"key": key, "version": version, "deleted": true}``."""
+    return {"key": key, "version": version, "deleted": True}
+
+
+# --- generic checks -------------------------------------------------------------------------
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+# A path to a node, built lazily as a linked list (parent, step) and formatted only on error:
+# formatting a path string for every node of every item would dominate validation time.
+_Link = tuple["_Link", str | int] | None
+
+
+def _format(link: _Link) -> str:
+    steps: list[str | int] = []
+    while link is not None:
+        link, step = link
+        steps.append(step)
+    path = ""
+    for step in reversed(steps):
+        path = f"{path}[{step}]" if isinstance(step, int) else _join(path, step)
+    return path
+
+
+def _check_json(value: object) -> None:
+    """Raise ValidationError unless ``value`` is plain JSON. Iterative: no recursion limit."""
+    stack: list[tuple[object, _Link, int]] = [(value, None, 0)]
+    while stack:
+        v, link, depth = stack.pop()
+        if v is None or isinstance(v, bool | int):
+            continue
+        if depth > MAX_DEPTH:
+            # Deeper than any real flag; also keeps encode_item and SDK parsers (recursive)
+            # far from their recursion limits.
+            raise ValidationError(_format(link), f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(v, str):
+            if not v.isascii():
+                _check_text(v, link)
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                raise ValidationError(_format(link), "must be a finite number")
+        elif isinstance(v, list):
+            depth += 1
+            stack.extend([(item, (link, i), depth) for i, item in enumerate(v)])
+        elif isinstance(v, dict):
+            depth += 1
+            for k, item in v.items():
+                if not isinstance(k, str):
+                    raise ValidationError(_format(link), "object keys must be strings")
+                if not k.isascii():
+                    _check_text(k, link)
+                stack.append((item, (link, k), depth))
+        else:
+            raise ValidationError(_format(link), f"is not a JSON value ({type(v).__name__})")
+
+
+def _check_text(s: str, link: _Link) -> None:
+    try:
+        s.encode()
+    except UnicodeEncodeError:
+        raise ValidationError(_format(link), "contains an invalid Unicode surrogate") from None
+
+
+def _object(value: object, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValidationError(path, "must be an object")
+    return dict(value)
+
+
+def _list(value: object, path: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValidationError(path, "must be a list")
+    return value
+
+
+def _int(value: object, path: str, lo: int, hi: int) -> int:
+    if type(value) is not int:
+        raise ValidationError(path, "must be an integer")
+    if not lo <= value <= hi:
+        raise ValidationError(path, f"must be between {lo} and {hi}")
+    return value
+
+
+def _variation(value: object, path: str, n: int) -> int:
+    if type(value) is not int:
+        raise ValidationError(path, "must be an integer variation index")
+    if not 0 <= value < n:
+        raise ValidationError(path, f"variation index {value} out of range (0..{n - 1})")
+    return value
+
+
+def _string(value: object, path: str, *, nonempty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(path, "must be a string")
+    if nonempty and not value:
+        raise ValidationError(path, "must not be empty")
+    return value
+
+
+def _strings(value: object, path: str) -> list[str]:
+    items = _list(value, path)
+    for i, s in enumerate(items):
+        _string(s, f"{path}[{i}]")
+    return list(items)
+
+
+def _default(obj: dict[str, Any], name: str, default: object) -> object:
+    value = obj.get(name)
+    if value is None:
+        obj[name] = value = default
+    return value
+
+
+def _bool_field(obj: dict[str, Any], name: str, path: str, default: bool = False) -> None:
+    if not isinstance(_default(obj, name, default), bool):
+        raise ValidationError(_join(path, name), "must be true or false")
+
+
+def _root(obj: object) -> dict[str, Any]:
+    _check_json(obj)
+    item = _object(obj, "")
+    validate_key(item.get("key"), path="key")
+    version = item.get("version")
+    if "version" in item:
+        _int(version, "version", 1, MAX_VERSION)
+    _bool_field(item, "deleted", "")
+    return item
+
+
+# --- flags ----------------------------------------------------------------------------------
+
+
+def validate_flag(obj: object) -> dict[str, Any]:
+    """Validate a flag; return a normalized copy (see module docstring)."""
+    flag = _root(obj)
+    if flag["deleted"]:
+        return flag
+    key: str = flag["key"]
+    variations = _list(flag.get("variations"), "variations")
+    n = len(variations)
+    if n == 0:
+        raise ValidationError("variations", "must have at least one variation")
+    flag["variations"] = list(variations)
+    _bool_field(flag, "on", "")
+    if "fallthrough" not in flag:
+        raise ValidationError("fallthrough", "is required")
+    flag["fallthrough"] = _variation_or_rollout(flag["fallthrough"], "fallthrough", n)
+    if flag.get("offVariation") is not None:
+        _variation(flag["offVariation"], "offVariation", n)
+    flag["offVariation"] = flag.get("offVariation")
+    for name in ("targets", "contextTargets"):
+        flag[name] = [
+            _target(t, f"{name}[{i}]", n)
+            for i, t in enumerate(_list(_default(flag, name, []), name))
+        ]
+    flag["rules"] = [
+        _flag_rule(r, f"rules[{i}]", n)
+        for i, r in enumerate(_list(_default(flag, "rules", []), "rules"))
+    ]
+    flag["prerequisites"] = [
+        _prerequisite(p, f"prerequisites[{i}]", key)
+        for i, p in enumerate(_list(_default(flag, "prerequisites", []), "prerequisites"))
+    ]
+    _string(_default(flag, "salt", ""), "salt")
+    _bool_field(flag, "trackEvents", "")
+    _bool_field(flag, "trackEventsFallthrough", "")
+    csa = _object(_default(flag, "clientSideAvailability", {}), "clientSideAvailability")
+    _bool_field(csa, "usingMobileKey", "clientSideAvailability")
+    _bool_field(csa, "usingEnvironmentId", "clientSideAvailability")
+    flag["clientSideAvailability"] = csa
+    _sdk_read_extras(flag)
+    return flag
+
+
+def _sdk_read_extras(flag: dict[str, Any]) -> None:
+    """Optional fields SDKs read and reject with an error when mistyped (checked, not filled)."""
+    if flag.get("debugEventsUntilDate") is not None:
+        _int(flag["debugEventsUntilDate"], "debugEventsUntilDate", 0, MAX_VERSION)
+    if flag.get("samplingRatio") is not None:
+        _int(flag["samplingRatio"], "samplingRatio", 0, MAX_VERSION)
+    if flag.get("excludeFromSummaries") is not None and not isinstance(
+        flag["excludeFromSummaries"], bool
+    ):
+        raise ValidationError("excludeFromSummaries", "must be true or false")
+    if flag.get("migration") is not None:
+        migration = _object(flag["migration"], "migration")
+        if migration.get("checkRatio") is not None:
+            _int(migration["checkRatio"], "migration.checkRatio", 0, MAX_VERSION)
+        flag["migration"] = migration
+
+
+def _variation_or_rollout(value: object, path: str, n: int) -> dict[str, Any]:
+    obj = _object(value, path)
+    _vor_fields(obj, path, n)
+    return obj
+
+
+def _vor_fields(obj: dict[str, Any], path: str, n: int) -> None:
+    """A fallthrough or rule: exactly one of ``variation`` and ``rollout`` (null = absent)."""
+    has_variation = obj.get("variation") is not None
+    has_rollout = obj.get("rollout") is not None
+    if has_variation and has_rollout:
+        raise ValidationError(path, "must have either a variation or a rollout, not both")
+    if has_variation:
+        _variation(obj["variation"], _join(path, "variation"), n)
+    elif has_rollout:
+        obj["rollout"] = _rollout(obj["rollout"], _join(path, "rollout"), n)
+    else:
+        raise ValidationError(path, "must have a variation or a rollout")
+
+
+def _rollout(value: object, path: str, n: int) -> dict[str, Any]:
+    rollout = _object(value, path)
+    vpath = _join(path, "variations")
+    weighted = _list(rollout.get("variations"), vpath)
+    if not weighted:
+        raise ValidationError(vpath, "must not be empty")
+    total = 0
+    copies = []
+    for i, wv in enumerate(weighted):
+        p = f"{vpath}[{i}]"
+        entry = _object(wv, p)
+        _variation(entry.get("variation"), _join(p, "variation"), n)
+        total += _int(entry.get("weight"), _join(p, "weight"), 0, ROLLOUT_TOTAL)
+        if entry.get("untracked") is not None and not isinstance(entry["untracked"], bool):
+            raise ValidationError(_join(p, "untracked"), "must be true or false")
+        copies.append(entry)
+    if total != ROLLOUT_TOTAL:
+        raise ValidationError(vpath, f"weights must sum to {ROLLOUT_TOTAL} (got {total})")
+    rollout["variations"] = copies
+    kind = rollout.get("kind")
+    if kind is not None and (not isinstance(kind, str) or kind not in _ROLLOUT_KINDS):
+        raise ValidationError(_join(path, "kind"), "must be 'rollout' or 'experiment'")
+    for name in ("bucketBy", "contextKind"):
+        if rollout.get(name) is not None:
+            _string(rollout[name], _join(path, name), nonempty=True)
+    if rollout.get("seed") is not None:
+        _int(rollout["seed"], _join(path, "seed"), -(2**63), 2**63 - 1)
+    return rollout
+
+
+def _target(value: object, path: str, n: int) -> dict[str, Any]:
+    target = _object(value, path)
+    target["values"] = _strings(target.get("values"), _join(path, "values"))
+    _variation(target.get("variation"), _join(path, "variation"), n)
+    if target.get("contextKind") is not None:
+        _string(target["contextKind"], _join(path, "contextKind"), nonempty=True)
+    return target
+
+
+def _flag_rule(value: object, path: str, n: int) -> dict[str, Any]:
+    rule = _object(value, path)
+    _rule_common(rule, path, self_segment=None)
+    _vor_fields(rule, path, n)
+    _bool_field(rule, "trackEvents", path)
+    return rule
+
+
+def _rule_common(rule: dict[str, Any], path: str, self_segment: str | None) -> None:
+    if rule.get("id") is not None:
+        _string(rule["id"], _join(path, "id"))
+    cpath = _join(path, "clauses")
+    rule["clauses"] = [
+        _clause(c, f"{cpath}[{i}]", self_segment)
+        for i, c in enumerate(_list(rule.get("clauses"), cpath))
+    ]
+
+
+def _clause(value: object, path: str, self_segment: str | None) -> dict[str, Any]:
+    clause = _object(value, path)
+    op = clause.get("op")
+    if not isinstance(op, str) or op not in CLAUSE_OPERATORS:
+        raise ValidationError(_join(path, "op"), f"unknown operator {op!r}")
+    attribute = _string(clause.get("attribute"), _join(path, "attribute"))
+    if not attribute and op != "segmentMatch":
+        raise ValidationError(_join(path, "attribute"), "must not be empty")
+    vpath = _join(path, "values")
+    values = _list(clause.get("values"), vpath)
+    for i, v in enumerate(values):
+        p = f"{vpath}[{i}]"
+        if isinstance(v, list | dict):
+            raise ValidationError(p, "must be a string, number, boolean or null")
+        if op == "segmentMatch":
+            validate_key(v, path=p)
+            if v == self_segment:
+                raise ValidationError(p, "a segment cannot match itself")
+    clause["values"] = list(values)
+    _bool_field(clause, "negate", path)
+    if clause.get("contextKind") is not None:
+        _string(clause["contextKind"], _join(path, "contextKind"), nonempty=True)
+    return clause
+
+
+def _prerequisite(value: object, path: str, flag_key: str) -> dict[str, Any]:
+    prereq = _object(value, path)
+    key = validate_key(prereq.get("key"), path=_join(path, "key"))
+    if key == flag_key:
+        raise ValidationError(_join(path, "key"), "a flag cannot be its own prerequisite")
+    _int(prereq.get("variation"), _join(path, "variation"), 0, MAX_VERSION)
+    return prereq
+
+
+# --- segments -------------------------------------------------------------------------------
+
+
+def validate_segment(obj: object) -> dict[str, Any]:
+    """Validate a segment; return a normalized copy (see module docstring)."""
+    segment = _root(obj)
+    if segment["deleted"]:
+        return segment
+    key: str = segment["key"]
+    for name in ("included", "excluded"):
+        segment[name] = _strings(_default(segment, name, []), name)
+    for name in ("includedContexts", "excludedContexts"):
+        segment[name] = [
+            _segment_target(t, f"{name}[{i}]")
+            for i, t in enumerate(_list(_default(segment, name, []), name))
+        ]
+    segment["rules"] = [
+        _segment_rule(r, f"rules[{i}]", key)
+        for i, r in enumerate(_list(_default(segment, "rules", []), "rules"))
+    ]
+    _string(_default(segment, "salt", ""), "salt")
+    if segment.get("unbounded") is not None and not isinstance(segment["unbounded"], bool):
+        raise ValidationError("unbounded", "must be true or false")
+    if segment.get("unboundedContextKind") is not None:
+        _string(segment["unboundedContextKind"], "unboundedContextKind", nonempty=True)
+    if segment.get("generation") is not None:
+        _int(segment["generation"], "generation", 0, MAX_VERSION)
+    return segment
+
+
+def _segment_target(value: object, path: str) -> dict[str, Any]:
+    target = _object(value, path)
+    _string(target.get("contextKind"), _join(path, "contextKind"), nonempty=True)
+    target["values"] = _strings(target.get("values"), _join(path, "values"))
+    return target
+
+
+def _segment_rule(value: object, path: str, segment_key: str) -> dict[str, Any]:
+    rule = _object(value, path)
+    _rule_common(rule, path, self_segment=segment_key)
+    if rule.get("weight") is not None:
+        _int(rule["weight"], _join(path, "weight"), 0, ROLLOUT_TOTAL)
+    for name in ("bucketBy", "rolloutContextKind"):
+        if rule.get(name) is not None:
+            _string(rule[name], _join(path, name), nonempty=True)
+    return rule
+
+
+# --- references -----------------------------------------------------------------------------
+
+
+def flag_references(flag: Mapping[str, Any]) -> tuple[frozenset[str], frozenset[str]]:
+    """``(prerequisite flag keys, segment keys used by segmentMatch)`` of a validated flag.
+
+    For the publisher's cross-item checks (a referenced item should exist; prerequisite
+    cycles), which single-item validation cannot do. Tombstones reference nothing.
+    """
+    if flag.get("deleted"):
+        return frozenset(), frozenset()
+    prereqs = frozenset(p["key"] for p in flag.get("prerequisites", ()))
+    return prereqs, _segment_matches(flag.get("rules", ()))
+
+
+def segment_references(segment: Mapping[str, Any]) -> frozenset[str]:
+    """Segment keys used by segmentMatch clauses of a validated segment's rules."""
+    if segment.get("deleted"):
+        return frozenset()
+    return _segment_matches(segment.get("rules", ()))
+
+
+def _segment_matches(rules: Any) -> frozenset[str]:
+    return frozenset(
+        value
+        for rule in rules
+        for clause in rule["clauses"]
+        if clause["op"] == "segmentMatch"
+        for value in clause["values"]
+    )

@@ -1,0 +1,250 @@
+"""The outbox forwarder: moves committed records from the store's outbox to the record log.
+
+Rules:
+
+- **One active forwarder.** Every publisher instance runs a ``Forwarder``, but only the holder
+  of the store's lease forwards. The lease is renewed every ``ttl/3``; a forwarder stops
+  sending as soon as its last successful renewal is older than ``ttl/2``, so a deposed leader
+  stops well before another instance can take over. Removal from the outbox is fenced: a
+  deposed leader (stale fencing token) removes nothing.
+- **Order.** The outbox is read oldest first, a batch at a time; the batch's sends are started
+  in that order (``RecordLog`` keeps the order of started sends per partition), so each
+  environment's records reach Kafka in commit order.
+- **Removal only after acknowledgement.** After a batch, the longest acknowledged *prefix* is
+  removed. If a send failed, everything from the first failure on is sent again after a
+  backoff, in order, even records after it that were acknowledged: the log then ends with the
+  right order for every item, at the cost of duplicates (at-least-once; relays and SDKs ignore
+  a version they already hold).
+- **Kafka down.** Sends fail or time out; the forwarder keeps retrying with exponential backoff
+  (capped), never skipping, never reordering. Redis down: same, the lease is re-acquired after.
+- **Waiting writers.** ``wait_delivered(entry_id)`` resolves when the entry left the outbox,
+  by a local notification (this instance forwarded it) or by polling the store (another
+  instance did).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+
+from publisher.log import RecordLog
+from publisher.metrics import PublisherMetrics
+from publisher.store import OutboxEntry, Store, StoreUnavailable
+
+__all__ = ["Forwarder"]
+
+_log = logging.getLogger("flagstream.publisher.forwarder")
+
+
+class Forwarder:
+    """Forwards the outbox to the record log while holding the lease (see module docstring)."""
+
+    def __init__(
+        self,
+        store: Store,
+        log: RecordLog,
+        metrics: PublisherMetrics,
+        *,
+        owner: str | None = None,
+        lease_ttl: float = 10.0,
+        batch_size: int = 500,
+        idle_poll: float = 0.1,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 5.0,
+        waiter_poll: float = 0.1,
+    ) -> None:
+        self._store = store
+        self._log = log
+        self._metrics = metrics
+        self.owner = owner or f"publisher-{uuid.uuid4().hex[:12]}"
+        self._ttl = lease_ttl
+        self._batch = batch_size
+        self._idle_poll = idle_poll
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._waiter_poll = waiter_poll
+        self._kick = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._waiters: dict[str, asyncio.Future[None]] = {}
+        self._fence: int | None = None
+        self._renewed_at = 0.0  # monotonic time of the last successful lease renewal
+        self._log_started = False
+        self.kafka_ok = False  # last Kafka operation succeeded (for /readyz detail)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        self._stopping.clear()
+        self._tasks = [
+            asyncio.create_task(self._lease_loop(), name="forwarder-lease"),
+            asyncio.create_task(self._forward_loop(), name="forwarder"),
+        ]
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self._kick.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self._fence is not None:
+            with contextlib.suppress(Exception):
+                await self._store.release_lease(self.owner)
+        self._fence = None
+        self._metrics.forwarder_leader.set(0)
+        if self._log_started:
+            with contextlib.suppress(Exception):
+                await self._log.stop()
+            self._log_started = False
+
+    @property
+    def is_leader(self) -> bool:
+        return self._fence is not None and self._lease_fresh()
+
+    def kick(self) -> None:
+        """A new entry was committed: look at the outbox now rather than at the next poll."""
+        self._kick.set()
+
+    # -- waiting writers ---------------------------------------------------------------
+    async def wait_delivered(self, entry_id: str, within: float) -> bool:
+        """True once ``entry_id`` was acknowledged by the log, False after ``within`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        future = self._waiters.get(entry_id)
+        if future is None:
+            future = self._waiters[entry_id] = loop.create_future()
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return False
+                try:
+                    await asyncio.wait_for(
+                        asyncio.shield(future), min(remaining, self._waiter_poll)
+                    )
+                    return True
+                except TimeoutError:
+                    pass
+                try:
+                    if not await self._store.outbox_contains(entry_id):
+                        return True  # another instance forwarded it (or we did, just now)
+                except StoreUnavailable:
+                    pass  # cannot tell; keep waiting for a local notification
+        finally:
+            if self._waiters.get(entry_id) is future:
+                del self._waiters[entry_id]
+
+    def _notify(self, entries: list[OutboxEntry]) -> None:
+        for entry in entries:
+            future = self._waiters.get(entry.id)
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    # -- lease -------------------------------------------------------------------------
+    def _lease_fresh(self) -> bool:
+        return time.monotonic() - self._renewed_at < self._ttl / 2
+
+    async def _lease_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                fence = await self._store.acquire_lease(self.owner, int(self._ttl * 1000))
+            except StoreUnavailable:
+                fence = None
+                self._metrics.store_errors.inc()
+            except Exception:
+                _log.exception("lease renewal failed")
+                fence = None
+            if fence is not None:
+                if fence != self._fence:
+                    _log.info("forwarder lease acquired (term %d) by %s", fence, self.owner)
+                    self._kick.set()
+                self._fence = fence
+                self._renewed_at = time.monotonic()
+            elif self._fence is not None:
+                _log.info("forwarder lease lost by %s", self.owner)
+                self._fence = None
+            self._metrics.forwarder_leader.set(1 if self._fence is not None else 0)
+            await self._sleep(self._ttl / 3)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    # -- forwarding --------------------------------------------------------------------
+    async def _forward_loop(self) -> None:
+        backoff = self._backoff_initial
+        while not self._stopping.is_set():
+            try:
+                progressed = await self._step()
+                backoff = self._backoff_initial
+                if not progressed:
+                    await self._wait_kick(self._idle_poll)
+            except asyncio.CancelledError:
+                raise
+            except StoreUnavailable as exc:
+                self._metrics.store_errors.inc()
+                _log.warning("forwarder: %s; retrying in %.1fs", exc, backoff)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, self._backoff_max)
+            except Exception as exc:
+                self.kafka_ok = False
+                self._metrics.kafka_errors.inc()
+                _log.warning(
+                    "forwarder: Kafka error (%s: %s); retrying in %.1fs",
+                    type(exc).__name__,
+                    exc,
+                    backoff,
+                )
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, self._backoff_max)
+
+    async def _wait_kick(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._kick.wait(), seconds)
+        self._kick.clear()
+
+    async def _step(self) -> bool:
+        """Forward one batch; True if it made progress. Raises on store or log failure."""
+        fence = self._fence
+        if fence is None or not self._lease_fresh():
+            self._metrics.outbox_depth.set(await self._store.outbox_depth())
+            return False
+        if not self._log_started:
+            await self._log.start()
+            self._log_started = True
+            self.kafka_ok = True
+        self._kick.clear()
+        entries = await self._store.outbox_read(self._batch)
+        if not entries:
+            self._metrics.outbox_depth.set(0)
+            return False
+        if fence != self._fence or not self._lease_fresh():
+            return False  # lost the lease while reading: the new leader sends these
+        results = await asyncio.gather(
+            *(self._log.send(e.record.env, e.record.key, e.record.value) for e in entries),
+            return_exceptions=True,
+        )
+        acked: list[OutboxEntry] = []
+        failure: BaseException | None = None
+        for entry, result in zip(entries, results, strict=True):
+            if isinstance(result, BaseException):
+                failure = result
+                break
+            acked.append(entry)
+        if acked:
+            now_ms = time.time() * 1000
+            await self._store.outbox_remove([e.id for e in acked], owner=self.owner, fence=fence)
+            for entry in acked:
+                self._metrics.forward_latency.observe(max(0.0, (now_ms - entry.enqueued_ms) / 1000))
+            self._metrics.records_forwarded.inc(len(acked))
+            self._notify(acked)
+            self.kafka_ok = True
+        self._metrics.outbox_depth.set(await self._store.outbox_depth())
+        if failure is not None:
+            raise failure
+        return True

@@ -1,0 +1,211 @@
+"""The OpenAPI 3.1 description served at ``/openapi.json`` (a test keeps it true to the router)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Final
+
+__all__ = ["openapi_spec"]
+
+_PROBLEM = {"$ref": "#/components/responses/Problem"}
+_ENV = {"name": "env", "in": "path", "required": True, "schema": {"type": "string"}}
+_KIND = {
+    "name": "kinds",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "enum": ["flags", "segments"]},
+}
+_KEY = {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}
+_IF_MATCH = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "description": 'Expected current version ("3", 3, or *); stale → 412.',
+    "schema": {"type": "string"},
+}
+_COMMENT = {
+    "name": "X-Change-Comment",
+    "in": "header",
+    "required": False,
+    "description": "Comment recorded in the audit log (or a `comment` body field).",
+    "schema": {"type": "string"},
+}
+_JSON_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"type": "object"}}},
+}
+_WRITE_RESPONSES = {
+    "200": {"description": "Stored and acknowledged by Kafka; body is the stored item."},
+    "201": {"description": "Created and acknowledged by Kafka; body is the stored item."},
+    "202": {
+        "description": "Stored in the Redis outbox, Kafka has not acknowledged yet; delivered "
+        'later. Body: {"delivery": "pending", "item": <stored item>}.'
+    },
+    "400": _PROBLEM,
+    "401": _PROBLEM,
+    "403": _PROBLEM,
+    "404": _PROBLEM,
+    "412": _PROBLEM,
+    "413": _PROBLEM,
+    "422": _PROBLEM,
+    "503": _PROBLEM,
+}
+
+
+def _op(
+    summary: str,
+    *,
+    params: list[Any] | None = None,
+    body: bool = False,
+    responses: dict[str, Any] | None = None,
+    public: bool = False,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "parameters": params or [],
+        "responses": responses
+        or {
+            "200": {"description": "OK"},
+            "401": _PROBLEM,
+            "403": _PROBLEM,
+            "404": _PROBLEM,
+            "503": _PROBLEM,
+        },
+    }
+    if body:
+        op["requestBody"] = _JSON_BODY
+    if public:
+        op["security"] = []
+    return op
+
+
+_SPEC: Final[dict[str, Any]] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "flagstream publisher",
+        "version": "1",
+        "description": "Admin API: environments, flags, segments, audit, tokens. "
+        "Authorization: Bearer <token>. Errors are application/problem+json.",
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "responses": {
+            "Problem": {
+                "description": "RFC 9457 problem document",
+                "content": {
+                    "application/problem+json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["type", "title", "status", "detail"],
+                            "properties": {
+                                "type": {"type": "string"},
+                                "title": {"type": "string"},
+                                "status": {"type": "integer"},
+                                "detail": {"type": "string"},
+                            },
+                        }
+                    }
+                },
+            }
+        },
+    },
+    "security": [{"bearer": []}],
+    "paths": {
+        "/livez": {"get": _op("Process is alive", public=True)},
+        "/readyz": {"get": _op("Ready: Redis reachable (503 otherwise)", public=True)},
+        "/metrics": {"get": _op("Prometheus metrics", public=True)},
+        "/openapi.json": {"get": _op("This document", public=True)},
+        "/api/v1/environments": {
+            "get": _op("List environments the token can read"),
+            "post": _op(
+                "Create an environment {key, name}; the answer holds its SDK key and mobile "
+                "key, shown once (admin scope)",
+                params=[_COMMENT],
+                body=True,
+                responses={**_WRITE_RESPONSES, "409": _PROBLEM},
+            ),
+        },
+        "/api/v1/environments/{env}": {"get": _op("Show an environment", params=[_ENV])},
+        "/api/v1/environments/{env}/sdk-keys/rotate": {
+            "post": _op(
+                "New SDK key (shown once); old keys stay valid for expireOldInSeconds "
+                "(admin scope)",
+                params=[_ENV, _COMMENT],
+                body=True,
+                responses=_WRITE_RESPONSES,
+            )
+        },
+        "/api/v1/environments/{env}/{kinds}": {
+            "get": _op(
+                "List flags or segments (?includeDeleted=true for tombstones)",
+                params=[_ENV, _KIND],
+            )
+        },
+        "/api/v1/environments/{env}/{kinds}/{key}": {
+            "get": _op("Get a flag or segment (ETag: its version)", params=[_ENV, _KIND, _KEY]),
+            "put": _op(
+                "Create or replace a flag or segment (full LaunchDarkly JSON model)",
+                params=[_ENV, _KIND, _KEY, _IF_MATCH, _COMMENT],
+                body=True,
+                responses=_WRITE_RESPONSES,
+            ),
+            "patch": _op(
+                'JSON merge patch (RFC 7386) of a flag or segment, e.g. {"on": false}',
+                params=[_ENV, _KIND, _KEY, _IF_MATCH, _COMMENT],
+                body=True,
+                responses=_WRITE_RESPONSES,
+            ),
+            "delete": _op(
+                "Delete: stores a versioned tombstone",
+                params=[_ENV, _KIND, _KEY, _IF_MATCH, _COMMENT],
+                responses=_WRITE_RESPONSES,
+            ),
+        },
+        "/api/v1/environments/{env}/audit": {
+            "get": _op(
+                "Audit log, newest first: who, when, what (before/after), comment",
+                params=[
+                    _ENV,
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                ],
+            )
+        },
+        "/api/v1/tokens": {
+            "get": _op("List tokens, without secrets (admin scope)"),
+            "post": _op(
+                'Create a token {name, scopes: [read|write|admin], environments: "*"|[..]}; '
+                "the secret is shown once (admin scope)",
+                body=True,
+                responses={
+                    "201": {"description": "Created"},
+                    "401": _PROBLEM,
+                    "403": _PROBLEM,
+                    "422": _PROBLEM,
+                },
+            ),
+        },
+        "/api/v1/tokens/{id}": {
+            "delete": _op(
+                "Revoke a token (admin scope)",
+                params=[
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                responses={
+                    "204": {"description": "Revoked"},
+                    "401": _PROBLEM,
+                    "403": _PROBLEM,
+                    "404": _PROBLEM,
+                },
+            )
+        },
+    },
+}
+
+
+def openapi_spec() -> dict[str, Any]:
+    """A copy of the document (callers may modify it)."""
+    return copy.deepcopy(_SPEC)

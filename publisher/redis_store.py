@@ -1,0 +1,412 @@
+"""The Redis ``Store``: the publisher's system of record.
+
+Layout (every key under the configured prefix, ``flagstream:`` by default)::
+
+    {p}envs                    hash   env key -> EnvironmentRecord JSON (hashes only)
+    {p}env_versions            hash   env key -> version
+    {p}items:{env}:{kind}      hash   item key -> item JSON (tombstones included)
+    {p}versions:{env}:{kind}   hash   item key -> version (so Lua never parses JSON)
+    {p}audit:{env}             list   audit entry JSON, newest first, capped
+    {p}outbox                  stream fields env, k (record key), v (envelope), t (commit ms)
+    {p}tokens                  hash   token id -> TokenRecord JSON (secret hash only)
+    {p}token_hashes            hash   secret sha256 -> token id
+    {p}forwarder:lease         string owner id, with a TTL
+    {p}forwarder:fence         int    fencing token, incremented on every new lease term
+
+Each write is ONE Lua script (check precondition, store state, XADD outbox, LPUSH audit), so
+Redis applies all of it or none of it, and a replica or AOF replay sees it as one unit.
+Commands are not retried by the client: a write whose connection fails is reported as
+``StoreUnavailable`` and the caller decides (a retried compare-and-set would turn into a
+spurious conflict).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar, cast
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from protocol.environment import EnvironmentRecord
+from publisher.store import (
+    EnvironmentExists,
+    ItemKind,
+    KafkaRecord,
+    OutboxEntry,
+    StoreUnavailable,
+    TokenRecord,
+    UnknownEnvironment,
+    VersionConflict,
+)
+
+__all__ = ["RedisStore"]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+_WRITE_ITEM = """
+-- KEYS: envs, items, versions, outbox, audit
+-- ARGV: env, key, item, version, expected, rkey, rvalue, now_ms, audit, audit_max
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return {'noenv'} end
+local cur = tonumber(redis.call('HGET', KEYS[3], ARGV[2]) or '0')
+if cur ~= tonumber(ARGV[5]) or tonumber(ARGV[4]) ~= cur + 1 then
+  return {'conflict', tostring(cur)}
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
+local id = redis.call('XADD', KEYS[4], '*', 'env', ARGV[1], 'k', ARGV[6], 'v', ARGV[7],
+                      't', ARGV[8])
+redis.call('LPUSH', KEYS[5], ARGV[9])
+redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[10]) - 1)
+return {'ok', id}
+"""
+
+_WRITE_ENV = """
+-- KEYS: envs, env_versions, outbox, audit
+-- ARGV: env, record, version, expected, rkey, rvalue, now_ms, audit, audit_max
+local expected = tonumber(ARGV[4])
+if expected == 0 and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return {'exists'} end
+local cur = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if cur ~= expected or tonumber(ARGV[3]) ~= cur + 1 then return {'conflict', tostring(cur)} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+local id = redis.call('XADD', KEYS[3], '*', 'env', ARGV[1], 'k', ARGV[5], 'v', ARGV[6],
+                      't', ARGV[7])
+redis.call('LPUSH', KEYS[4], ARGV[8])
+redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[9]) - 1)
+return {'ok', id}
+"""
+
+_ACQUIRE_LEASE = """
+-- KEYS: lease, fence; ARGV: owner, ttl_ms. Returns the term's fence, or -1 if taken.
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return tonumber(redis.call('GET', KEYS[2]) or '0')
+end
+if cur then return -1 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return redis.call('INCR', KEYS[2])
+"""
+
+_RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_OUTBOX_REMOVE = """
+-- KEYS: lease, fence, outbox; ARGV: owner, fence, ids... Fenced: a deposed owner removes nothing.
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  return -1
+end
+return redis.call('XDEL', KEYS[3], unpack(ARGV, 3))
+"""
+
+_DELETE_TOKEN = """
+-- KEYS: tokens, token_hashes; ARGV: id, secret hash (read by the caller)
+local n = redis.call('HDEL', KEYS[1], ARGV[1])
+if n == 1 then redis.call('HDEL', KEYS[2], ARGV[2]) end
+return n
+"""
+
+
+def _unavailable(
+    fn: Callable[_P, Coroutine[Any, Any, _T]],
+) -> Callable[_P, Coroutine[Any, Any, _T]]:
+    """Turn every Redis connectivity error into StoreUnavailable with a readable detail."""
+
+    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await fn(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"Redis is unreachable ({type(exc).__name__})") from exc
+        except RedisError as exc:
+            # e.g. LOADING (restarting), READONLY (failover), MISCONF (disk full): all transient
+            # for the caller, who gets a 503 and retries.
+            raise StoreUnavailable(f"Redis refused the command: {str(exc)[:200]}") from exc
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+def _token_to_json(t: TokenRecord) -> bytes:
+    return json.dumps(
+        {
+            "id": t.id,
+            "name": t.name,
+            "sha256": t.secret_sha256,
+            "scopes": list(t.scopes),
+            "environments": None if t.environments is None else list(t.environments),
+            "created_ms": t.created_ms,
+            "created_by": t.created_by,
+        }
+    ).encode()
+
+
+def _token_from_json(raw: bytes) -> TokenRecord:
+    d = json.loads(raw)
+    envs = d["environments"]
+    return TokenRecord(
+        id=d["id"],
+        name=d["name"],
+        secret_sha256=d["sha256"],
+        scopes=tuple(d["scopes"]),
+        environments=None if envs is None else tuple(envs),
+        created_ms=d["created_ms"],
+        created_by=d["created_by"],
+    )
+
+
+class RedisStore:
+    """A ``publisher.store.Store`` on Redis (see that module for the guarantees)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "flagstream:",
+        audit_max_entries: int = 10_000,
+        connect_timeout: float = 2.0,
+        command_timeout: float = 5.0,
+    ) -> None:
+        self._p = prefix
+        self._audit_max = audit_max_entries
+        # Any: redis-py's stubs type every reply as bytes | str | None whatever the command.
+        self._r: Any = aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=command_timeout,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=10,
+        )
+        self._write_item = self._r.register_script(_WRITE_ITEM)
+        self._write_env = self._r.register_script(_WRITE_ENV)
+        self._acquire = self._r.register_script(_ACQUIRE_LEASE)
+        self._release = self._r.register_script(_RELEASE_LEASE)
+        self._remove = self._r.register_script(_OUTBOX_REMOVE)
+        self._delete_token = self._r.register_script(_DELETE_TOKEN)
+
+    # key names
+    def _k(self, *parts: str) -> str:
+        return self._p + ":".join(parts)
+
+    @_unavailable
+    async def ping(self) -> None:
+        await self._r.ping()
+
+    async def close(self) -> None:
+        await self._r.aclose()
+
+    # -- environments ------------------------------------------------------------------
+    @_unavailable
+    async def get_environment(self, env: str) -> EnvironmentRecord | None:
+        raw = await self._r.hget(self._k("envs"), env)
+        return None if raw is None else EnvironmentRecord.from_json(raw)
+
+    @_unavailable
+    async def list_environments(self) -> list[EnvironmentRecord]:
+        raw = await self._r.hgetall(self._k("envs"))
+        return [EnvironmentRecord.from_json(raw[k]) for k in sorted(raw)]
+
+    @_unavailable
+    async def write_environment(
+        self,
+        record: EnvironmentRecord,
+        *,
+        expected_version: int,
+        outbox: KafkaRecord,
+        audit: bytes,
+        now_ms: int,
+    ) -> str:
+        result = await self._write_env(
+            keys=[
+                self._k("envs"),
+                self._k("env_versions"),
+                self._k("outbox"),
+                self._audit(record.key),
+            ],
+            args=[
+                record.key,
+                record.to_json(),
+                record.version,
+                expected_version,
+                outbox.key,
+                outbox.value,
+                now_ms,
+                audit,
+                self._audit_max,
+            ],
+        )
+        return self._outcome(result, record.key)
+
+    # -- items -------------------------------------------------------------------------
+    def _items(self, env: str, kind: str) -> str:
+        return self._k("items", env, kind)
+
+    def _audit(self, env: str) -> str:
+        return self._k("audit", env)
+
+    @_unavailable
+    async def get_item(self, env: str, kind: ItemKind, key: str) -> bytes | None:
+        return cast("bytes | None", await self._r.hget(self._items(env, kind), key))
+
+    @_unavailable
+    async def list_items(self, env: str, kind: ItemKind) -> dict[str, bytes]:
+        raw: dict[bytes, bytes] = await self._r.hgetall(self._items(env, kind))
+        return {k.decode(): raw[k] for k in sorted(raw)}
+
+    @_unavailable
+    async def write_item(
+        self,
+        env: str,
+        kind: ItemKind,
+        key: str,
+        item: bytes,
+        *,
+        version: int,
+        expected_version: int,
+        outbox: KafkaRecord,
+        audit: bytes,
+        now_ms: int,
+    ) -> str:
+        result = await self._write_item(
+            keys=[
+                self._k("envs"),
+                self._items(env, kind),
+                self._k("versions", env, kind),
+                self._k("outbox"),
+                self._audit(env),
+            ],
+            args=[
+                env,
+                key,
+                item,
+                version,
+                expected_version,
+                outbox.key,
+                outbox.value,
+                now_ms,
+                audit,
+                self._audit_max,
+            ],
+        )
+        return self._outcome(result, env)
+
+    @staticmethod
+    def _outcome(result: Any, env: str) -> str:
+        status = result[0].decode()
+        if status == "ok":
+            return cast(str, result[1].decode())
+        if status == "conflict":
+            raise VersionConflict(int(result[1]))
+        if status == "noenv":
+            raise UnknownEnvironment(env)
+        if status == "exists":
+            raise EnvironmentExists(env)
+        raise RuntimeError(f"unexpected script result {status!r}")  # pragma: no cover
+
+    # -- audit -------------------------------------------------------------------------
+    @_unavailable
+    async def read_audit(self, env: str, limit: int) -> list[bytes]:
+        if limit <= 0:
+            return []
+        return cast("list[bytes]", await self._r.lrange(self._audit(env), 0, limit - 1))
+
+    # -- outbox ------------------------------------------------------------------------
+    @_unavailable
+    async def outbox_read(self, count: int) -> list[OutboxEntry]:
+        rows = await self._r.xrange(self._k("outbox"), "-", "+", count=count)
+        out = []
+        for raw_id, fields in rows:
+            out.append(
+                OutboxEntry(
+                    id=raw_id.decode(),
+                    record=KafkaRecord(
+                        env=fields[b"env"].decode(), key=fields[b"k"], value=fields[b"v"]
+                    ),
+                    enqueued_ms=int(fields[b"t"]),
+                )
+            )
+        return out
+
+    @_unavailable
+    async def outbox_remove(self, ids: list[str], *, owner: str, fence: int) -> int:
+        if not ids:
+            return 0
+        n = await self._remove(
+            keys=[self._k("forwarder", "lease"), self._k("forwarder", "fence"), self._k("outbox")],
+            args=[owner, fence, *ids],
+        )
+        return max(int(n), 0)
+
+    @_unavailable
+    async def outbox_depth(self) -> int:
+        return int(await self._r.xlen(self._k("outbox")))
+
+    @_unavailable
+    async def outbox_contains(self, entry_id: str) -> bool:
+        return bool(await self._r.xrange(self._k("outbox"), entry_id, entry_id, count=1))
+
+    # -- lease -------------------------------------------------------------------------
+    @_unavailable
+    async def acquire_lease(self, owner: str, ttl_ms: int) -> int | None:
+        fence = int(
+            await self._acquire(
+                keys=[self._k("forwarder", "lease"), self._k("forwarder", "fence")],
+                args=[owner, ttl_ms],
+            )
+        )
+        return None if fence < 0 else fence
+
+    @_unavailable
+    async def release_lease(self, owner: str) -> None:
+        await self._release(keys=[self._k("forwarder", "lease")], args=[owner])
+
+    # -- tokens ------------------------------------------------------------------------
+    @_unavailable
+    async def create_token(self, token: TokenRecord) -> None:
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.hset(self._k("tokens"), token.id, _token_to_json(token))
+            pipe.hset(self._k("token_hashes"), token.secret_sha256, token.id)
+            await pipe.execute()
+
+    @_unavailable
+    async def list_tokens(self) -> list[TokenRecord]:
+        raw = await self._r.hgetall(self._k("tokens"))
+        return sorted(
+            (_token_from_json(v) for v in raw.values()), key=lambda t: (t.created_ms, t.id)
+        )
+
+    @_unavailable
+    async def delete_token(self, token_id: str) -> bool:
+        raw = await self._r.hget(self._k("tokens"), token_id)
+        if raw is None:
+            return False
+        token = _token_from_json(raw)
+        n = await self._delete_token(
+            keys=[self._k("tokens"), self._k("token_hashes")],
+            args=[token_id, token.secret_sha256],
+        )
+        return int(n) == 1
+
+    @_unavailable
+    async def find_token(self, secret_sha256: str) -> TokenRecord | None:
+        token_id = await self._r.hget(self._k("token_hashes"), secret_sha256)
+        if token_id is None:
+            return None
+        raw = await self._r.hget(self._k("tokens"), token_id)
+        return None if raw is None else _token_from_json(raw)
+
+    # -- test/ops helpers ----------------------------------------------------------------
+    @_unavailable
+    async def delete_all(self) -> None:
+        """Remove every key under the prefix (tests and teardown only)."""
+        async for key in self._r.scan_iter(match=self._p + "*", count=500):
+            await self._r.delete(key)

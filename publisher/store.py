@@ -1,0 +1,193 @@
+"""The publisher's system of record: the ``Store`` protocol and the records it holds.
+
+Rules every implementation (Redis: ``redis_store``, in-memory: ``memory_store``) keeps:
+
+- **Atomic writes.** ``write_item`` and ``write_environment`` are compare-and-set steps: they
+  succeed only if the stored version still equals ``expected_version`` (0 = absent), and then
+  store the new state, append ONE outbox entry and ONE audit entry, all or nothing. A failed
+  precondition changes nothing. This is how ``If-Match`` and version bumps are enforced: the
+  caller reads version *v*, builds the item with version *v+1* and asks the store to commit it
+  only if the version is still *v*.
+- **Versions never go back.** A delete stores a tombstone (``deleted: true``) with a new
+  version, so a later PUT continues the sequence.
+- **Outbox order.** Entries are appended in commit order and read back oldest first; their
+  ids are strings that compare in that order within one store. An entry is removed only by
+  ``outbox_remove`` and only by the holder of the current forwarder lease (fencing token).
+- **Lease.** ``acquire_lease`` gives at most one owner at a time; a new term (a different
+  owner, or the same owner after expiry) gets a strictly larger fencing token.
+- **Secrets.** Only hashes of tokens and SDK credentials are ever stored.
+- **Availability.** Every method raises ``StoreUnavailable`` (and nothing else unexpected)
+  when the backing service cannot be reached; the caller answers 503 and retries later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from protocol.environment import EnvironmentRecord
+
+__all__ = [
+    "EnvironmentExists",
+    "ItemKind",
+    "KafkaRecord",
+    "OutboxEntry",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "TokenRecord",
+    "UnknownEnvironment",
+    "VersionConflict",
+]
+
+ItemKind = Literal["flag", "segment"]
+
+
+class StoreError(Exception):
+    """Base class of the store's expected failures."""
+
+
+class StoreUnavailable(StoreError):
+    """The backing service cannot be reached; nothing was (knowingly) changed."""
+
+
+class UnknownEnvironment(StoreError):
+    """The environment of an item write does not exist."""
+
+
+class EnvironmentExists(StoreError):
+    """``write_environment`` with ``expected_version=0`` for an existing environment."""
+
+
+class VersionConflict(StoreError):
+    """The stored version is not ``expected_version``; ``current`` is what is stored (0=absent)."""
+
+    def __init__(self, current: int) -> None:
+        super().__init__(f"current version is {current}")
+        self.current = current
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaRecord:
+    """A record to write to the topic: its environment chooses the partition."""
+
+    env: str
+    key: bytes  # protocol.keys.record_key
+    value: bytes  # protocol.envelope.encode_envelope
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One record waiting in the outbox to be written to Kafka."""
+
+    id: str
+    record: KafkaRecord
+    enqueued_ms: int  # when the write committed (for the forward latency metric)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """An API token as stored: its secret only as a SHA-256 hex digest."""
+
+    id: str
+    name: str
+    secret_sha256: str
+    scopes: tuple[str, ...]  # subset of ("read", "write", "admin")
+    environments: tuple[str, ...] | None  # None = every environment
+    created_ms: int
+    created_by: str
+
+
+class Store(Protocol):
+    """Durable state of the publisher: environments, items, audit log, outbox, tokens, lease.
+
+    See the module docstring for the atomicity, ordering and fencing guarantees.
+    """
+
+    async def ping(self) -> None:
+        """Return if the store is reachable, else raise StoreUnavailable."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    # -- environments ------------------------------------------------------------------
+    async def get_environment(self, env: str) -> EnvironmentRecord | None: ...
+
+    async def list_environments(self) -> list[EnvironmentRecord]:
+        """All environments, ordered by key."""
+
+    async def write_environment(
+        self,
+        record: EnvironmentRecord,
+        *,
+        expected_version: int,
+        outbox: KafkaRecord,
+        audit: bytes,
+        now_ms: int,
+    ) -> str:
+        """Store ``record`` if the stored version is ``expected_version`` (0 = create).
+
+        Appends ``outbox`` and ``audit`` in the same atomic step.
+        Returns the outbox entry id. Raises EnvironmentExists / VersionConflict.
+        """
+
+    # -- items -------------------------------------------------------------------------
+    async def get_item(self, env: str, kind: ItemKind, key: str) -> bytes | None:
+        """The item's stored JSON (tombstones included), or None if it never existed."""
+
+    async def list_items(self, env: str, kind: ItemKind) -> dict[str, bytes]:
+        """Every item of a kind in an environment (tombstones included), JSON by key."""
+
+    async def write_item(
+        self,
+        env: str,
+        kind: ItemKind,
+        key: str,
+        item: bytes,
+        *,
+        version: int,
+        expected_version: int,
+        outbox: KafkaRecord,
+        audit: bytes,
+        now_ms: int,
+    ) -> str:
+        """Store ``item`` (JSON carrying ``version``) if the stored version is ``expected_version``.
+
+        ``version`` must be ``expected_version + 1``. Appends ``outbox`` and ``audit`` in the
+        same atomic step and returns the outbox entry id. Raises UnknownEnvironment or
+        VersionConflict, in which case nothing changed.
+        """
+
+    # -- audit -------------------------------------------------------------------------
+    async def read_audit(self, env: str, limit: int) -> list[bytes]:
+        """The newest ``limit`` audit entries of an environment, newest first."""
+
+    # -- outbox ------------------------------------------------------------------------
+    async def outbox_read(self, count: int) -> list[OutboxEntry]:
+        """The oldest ``count`` entries, oldest first (not removed)."""
+
+    async def outbox_remove(self, ids: list[str], *, owner: str, fence: int) -> int:
+        """Remove entries if ``owner`` still holds the lease with ``fence``; return how many."""
+
+    async def outbox_depth(self) -> int: ...
+
+    async def outbox_contains(self, entry_id: str) -> bool:
+        """True while the entry has not been acknowledged by Kafka and removed."""
+
+    # -- forwarder lease ---------------------------------------------------------------
+    async def acquire_lease(self, owner: str, ttl_ms: int) -> int | None:
+        """Take or renew the forwarder lease; return the term's fencing token, None if taken."""
+
+    async def release_lease(self, owner: str) -> None: ...
+
+    # -- tokens ------------------------------------------------------------------------
+    async def create_token(self, token: TokenRecord) -> None: ...
+
+    async def list_tokens(self) -> list[TokenRecord]:
+        """All tokens, oldest first."""
+
+    async def delete_token(self, token_id: str) -> bool:
+        """Revoke a token; False if there was none with that id."""
+
+    async def find_token(self, secret_sha256: str) -> TokenRecord | None:
+        """The token whose secret hashes to ``secret_sha256`` (caller compares in constant time)."""

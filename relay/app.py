@@ -1,0 +1,310 @@
+"""The relay's HTTP application: routes, SDK-key auth and the resumption decision.
+
+Endpoints (DESIGN.md §6, operator docs in docs/relay.md):
+``GET /all`` and ``GET /flags`` (SSE streams, handed to the hub), ``GET /sdk/latest-all``
+(polling, ETag), ``GET /status``, ``/livez``, ``/readyz``, ``/metrics``.
+
+Resumption rules (DESIGN.md §4), decided here for every stream request, in this order:
+1. Not bootstrapped yet -> 503 + Retry-After. Unknown or expired SDK key -> 401 (SDKs then
+   stop retrying). Hub full or draining -> 503 + Retry-After.
+2. ``Last-Event-ID`` parses, and its epoch is this relay's epoch:
+   - this relay consumed the environment's partition at least up to X: the stream starts
+     with the environment's items whose offset is > X as patch/delete events (often
+     nothing) and no ``put``;
+   - otherwise the request is held until the relay has consumed X (at most
+     ``catchup_wait`` seconds), then as above; still behind -> 503 + Retry-After. Older
+     state than the client has is never sent.
+3. Anything else (no id, malformed id, other epoch) -> a full ``put``.
+The initial bytes are computed and handed to ``Hub.serve_stream`` with no ``await`` in
+between, so no change can fall between the snapshot and the registration.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from importlib import metadata
+from typing import Any, Literal
+
+from aiohttp import web
+
+from protocol.position import parse_position
+from relay.config import RelaySettings
+from relay.credentials import sdk_key_from_header
+from relay.metrics import CONTENT_TYPE, RelayMetrics
+from relay.source import Follower, RecordSource
+from relay.state import Environment, State, catchup_events
+
+log = logging.getLogger("flagstream.relay.app")
+
+STATE_KEY = web.AppKey("relay_state", State)
+FOLLOWER_KEY = web.AppKey("relay_follower", Follower)
+METRICS_KEY = web.AppKey("relay_metrics", RelayMetrics)
+SETTINGS_KEY = web.AppKey("relay_settings", RelaySettings)
+HUB_KEY = web.AppKey("relay_hub", Any)
+
+try:
+    VERSION = metadata.version("flagstream")
+except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+    VERSION = "0+unknown"
+
+
+def problem(
+    status: int, title: str, detail: str, *, retry_after: int | None = None
+) -> web.Response:
+    """An RFC 9457 problem+json response (never carries a secret)."""
+    body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail})
+    headers = {"Cache-Control": "no-store"}
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return web.Response(
+        status=status,
+        body=body.encode(),
+        content_type="application/problem+json",
+        headers=headers,
+    )
+
+
+class RelayHandlers:
+    """Request handlers bound to one relay's state, hub and settings."""
+
+    def __init__(
+        self,
+        settings: RelaySettings,
+        state: State,
+        follower: Follower,
+        hub: Any,
+        metrics: RelayMetrics,
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.follower = follower
+        self.hub = hub
+        self.metrics = metrics
+
+    # --- common gates -------------------------------------------------------------------
+
+    def _not_ready(self) -> web.Response:
+        self.metrics.connections_rejected_total.labels(reason="not_ready").inc()
+        return problem(
+            503,
+            "Not Ready",
+            "the relay is still reading the flag state; retry shortly",
+            retry_after=self.settings.retry_after,
+        )
+
+    def _authorize(self, request: web.Request) -> Environment | web.Response:
+        key = sdk_key_from_header(request.headers.get("Authorization"))
+        env = self.state.credentials.resolve(key)
+        environment = self.state.environments.get(env) if env is not None else None
+        if environment is None or environment.deleted:
+            self.metrics.connections_rejected_total.labels(reason="unauthorized").inc()
+            return problem(401, "Unauthorized", "unknown or expired SDK key")
+        return environment
+
+    # --- streams ------------------------------------------------------------------------
+
+    async def stream_all(self, request: web.Request) -> web.StreamResponse:
+        return await self._stream(request, "all")
+
+    async def stream_flags(self, request: web.Request) -> web.StreamResponse:
+        return await self._stream(request, "flags")
+
+    async def _stream(
+        self, request: web.Request, stream: Literal["all", "flags"]
+    ) -> web.StreamResponse:
+        state = self.state
+        if not state.ready:
+            return self._not_ready()
+        environment = self._authorize(request)
+        if isinstance(environment, web.Response):
+            return environment
+        if not self.hub.can_accept():
+            self.metrics.connections_rejected_total.labels(reason="full").inc()
+            return problem(
+                503,
+                "Service Unavailable",
+                "this relay accepts no more streams right now; retry shortly",
+                retry_after=self.settings.retry_after,
+            )
+        last = parse_position(request.headers.get("Last-Event-ID"))
+        if last is not None and last.epoch == state.epoch:
+            if state.consumed(environment.partition) < last.offset:
+                # The client saw a relay further ahead: wait for this one to catch up.
+                self.metrics.catchup_holds_total.inc()
+                caught_up = await state.wait_consumed(
+                    environment.partition, last.offset, self.settings.catchup_wait
+                )
+                if not caught_up or state.epoch != last.epoch:
+                    self.metrics.connections_rejected_total.labels(reason="behind").inc()
+                    return problem(
+                        503,
+                        "Service Unavailable",
+                        "this relay has not yet reached the client's stream position",
+                        retry_after=self.settings.retry_after,
+                    )
+                current = state.environments.get(environment.key)
+                if current is None:  # state rebuilt meanwhile
+                    return self._not_ready()
+                environment = current
+            initial = catchup_events(environment.changes_after(last.offset), stream, last.epoch)
+            self.metrics.resumptions_total.inc()
+        else:
+            initial = environment.put_event(stream, str(state.position(environment)))
+            self.metrics.full_puts_total.inc()
+        # No await between computing `initial` and the hub registering the connection.
+        response: web.StreamResponse = await self.hub.serve_stream(
+            request,
+            env=environment.key,
+            stream=stream,
+            initial=initial,
+            start_offset=environment.offset,
+        )
+        return response
+
+    # --- polling ------------------------------------------------------------------------
+
+    async def latest_all(self, request: web.Request) -> web.Response:
+        if not self.state.ready:
+            return self._not_ready()
+        environment = self._authorize(request)
+        if isinstance(environment, web.Response):
+            return environment
+        etag = f'"{self.state.position(environment)}"'
+        headers = {"ETag": etag, "Cache-Control": "private, max-age=0, must-revalidate"}
+        if _etag_matches(request.headers.get("If-None-Match"), etag):
+            self.metrics.polling_requests_total.labels(code="304").inc()
+            return web.Response(status=304, headers=headers)
+        self.metrics.polling_requests_total.labels(code="200").inc()
+        return web.Response(
+            body=environment.polling_body(), content_type="application/json", headers=headers
+        )
+
+    # --- operations ---------------------------------------------------------------------
+
+    async def livez(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.state.ready:
+            return web.json_response({"status": "ready"})
+        return web.json_response(
+            {"status": "bootstrapping", "lagRecords": self.state.lag()},
+            status=503,
+            headers={"Retry-After": str(self.settings.retry_after)},
+        )
+
+    async def status(self, request: web.Request) -> web.Response:
+        state = self.state
+        stale = self.follower.stale
+        if not state.ready:
+            overall = "bootstrapping"
+        elif stale:
+            overall = "stale"
+        else:
+            overall = "healthy"
+        partitions = {
+            str(p): {
+                "consumedOffset": state.consumed(p),
+                "highWatermark": state.high_watermarks.get(p),
+            }
+            for p in sorted(state.next_offsets)
+        }
+        positions = {
+            env.key: str(state.position(env)) for env in state.iter_environments() if state.epoch
+        }
+        hub_stats: dict[str, Any] = {}
+        try:
+            hub_stats = dict(self.hub.stats())
+        except Exception:  # status must answer even if the hub misbehaves
+            log.exception("hub.stats() failed")
+        body = {
+            "status": overall,
+            "version": VERSION,
+            "ready": state.ready,
+            "stale": stale,
+            "topic": self.settings.topic,
+            "epoch": state.epoch,
+            "environments": len(state.environments),
+            "connections": self.hub.connection_count(),
+            "lagRecords": state.lag(),
+            "kafka": {
+                "connected": self.follower.connected and not stale,
+                "lastError": self.follower.last_error,
+            },
+            "partitions": partitions,
+            "positions": positions,
+            "hub": hub_stats,
+            "time": int(time.time() * 1000),
+        }
+        return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+    async def metrics_endpoint(self, request: web.Request) -> web.Response:
+        self.metrics.consumer_lag_records.set(self.state.lag())
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    candidates = [c.strip() for c in header.split(",")]
+    return "*" in candidates or etag in candidates or f"W/{etag}" in candidates
+
+
+def build_app(
+    settings: RelaySettings,
+    source: RecordSource,
+    *,
+    metrics: RelayMetrics | None = None,
+    hub: Any = None,
+) -> web.Application:
+    """A relay application reading ``source``. The follower runs while the app runs.
+
+    ``hub`` defaults to ``relay.hub.Hub(settings, metrics)``; every applied change is
+    published to it.
+    """
+    metrics = metrics if metrics is not None else RelayMetrics()
+    if hub is None:
+        from relay.hub import Hub
+
+        hub = Hub(settings, metrics)
+    state = State(metrics)
+    state.listeners.append(hub.publish)
+    follower = Follower(
+        source,
+        state,
+        metrics,
+        stale_after=settings.stale_after,
+        backoff_max=settings.reconnect_backoff_max,
+    )
+    handlers = RelayHandlers(settings, state, follower, hub, metrics)
+
+    app = web.Application(
+        handler_args={
+            "max_line_size": settings.max_request_line,
+            "max_field_size": settings.max_header_size,
+        }
+    )
+    app[SETTINGS_KEY] = settings
+    app[METRICS_KEY] = metrics
+    app[STATE_KEY] = state
+    app[FOLLOWER_KEY] = follower
+    app[HUB_KEY] = hub
+    app.router.add_get("/all", handlers.stream_all)
+    app.router.add_get("/flags", handlers.stream_flags)
+    app.router.add_get("/sdk/latest-all", handlers.latest_all)
+    app.router.add_get("/status", handlers.status)
+    app.router.add_get("/livez", handlers.livez)
+    app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/metrics", handlers.metrics_endpoint)
+
+    async def start_follower(app: web.Application) -> None:
+        follower.start()
+
+    async def stop_follower(app: web.Application) -> None:
+        await follower.stop()
+
+    app.on_startup.append(start_follower)
+    app.on_cleanup.append(stop_follower)
+    return app

@@ -1,0 +1,111 @@
+"""Relay configuration: one settings class, read from ``FLAGSTREAM_*`` variables and flags.
+
+Rules:
+- Shared names (``FLAGSTREAM_KAFKA_BOOTSTRAP``, ``FLAGSTREAM_TOPIC``) are read without the
+  relay prefix so one environment file configures publisher and relays alike; every
+  relay-only option is ``FLAGSTREAM_RELAY_<FIELD>``.
+- Command-line flags override the environment (``relay.cli`` passes them as init kwargs).
+- Validation happens once, at construction; a bad value raises ``pydantic.ValidationError``
+  which ``relay.cli`` turns into one line per field and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+class RelaySettings(BaseSettings):
+    """Every knob of a relay process. Fan-out (hub, stream, server) reads these too."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FLAGSTREAM_RELAY_",
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+    # --- listening -----------------------------------------------------------------------
+    host: str = Field(default="127.0.0.1", description="address to bind")
+    port: int = Field(default=8030, ge=0, le=65535, description="port to bind (0 = any free)")
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        le=256,
+        description="worker processes sharing the port (SO_REUSEPORT)",
+    )
+    max_request_line: int = Field(default=8190, ge=256, description="max HTTP request line")
+    max_header_size: int = Field(default=8190, ge=256, description="max HTTP header size")
+
+    # --- Kafka source --------------------------------------------------------------------
+    kafka_bootstrap: str = Field(
+        default="127.0.0.1:19092",
+        validation_alias=AliasChoices("kafka_bootstrap", "FLAGSTREAM_KAFKA_BOOTSTRAP"),
+        description="Kafka bootstrap servers, comma separated",
+    )
+    topic: str = Field(
+        default="flagstream.state",
+        validation_alias=AliasChoices("topic", "FLAGSTREAM_TOPIC"),
+        description="the compacted state topic",
+    )
+    fetch_max_wait_ms: int = Field(
+        default=20,
+        ge=0,
+        le=10_000,
+        description="how long a tail fetch waits for data (latency vs. idle polling)",
+    )
+    reconnect_backoff_max: float = Field(
+        default=5.0, gt=0, description="max seconds between Kafka reconnect attempts"
+    )
+    stale_after: float = Field(
+        default=10.0,
+        gt=0,
+        description="seconds without a successful fetch before the relay reports itself stale",
+    )
+
+    # --- streams and fan-out -------------------------------------------------------------
+    max_connections: int = Field(default=100_000, ge=1, description="503 above this")
+    max_buffer_bytes: int = Field(
+        default=MIB, ge=1024, description="unsent bytes per connection before it is evicted"
+    )
+    heartbeat_interval: float = Field(default=15.0, gt=0, description="SSE comment every N s")
+    max_connection_lifetime: float | None = Field(
+        default=None, description="close streams after N s (with jitter); unset = never"
+    )
+    lifetime_jitter: float = Field(default=0.1, ge=0, le=1, description="fraction of lifetime")
+    drain_window: float = Field(default=10.0, ge=0, description="SIGTERM: spread closes over N s")
+    catchup_wait: float = Field(
+        default=5.0,
+        ge=0,
+        description="how long a client whose Last-Event-ID is ahead of this relay is held",
+    )
+    retry_after: int = Field(
+        default=2, ge=1, le=600, description="Retry-After seconds on 503 responses"
+    )
+
+    @field_validator("max_connection_lifetime")
+    @classmethod
+    def _positive_lifetime(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError("must be > 0 seconds, or unset for no limit")
+        return value
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_hosts(cls, value: str) -> str:
+        hosts = [h.strip() for h in value.split(",") if h.strip()]
+        if not hosts or any(":" not in h for h in hosts):
+            raise ValueError("expected host:port[,host:port...], e.g. 127.0.0.1:19092")
+        return ",".join(hosts)
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value):
+            raise ValueError("Kafka topic names are 1..249 chars of [A-Za-z0-9._-]")
+        return value

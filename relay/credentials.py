@@ -1,0 +1,81 @@
+"""SDK key -> environment lookup, from the credential hashes carried by ``env`` records.
+
+Rules:
+- The relay never sees a secret at rest: ``env`` records carry only SHA-256 hashes. A request's
+  key is hashed once and looked up; the secret itself is never stored, logged or labelled.
+- A key is accepted only while the environment record that carries it accepts it
+  (``EnvironmentRecord.accepts_sdk_key``: unknown hash or past its expiry -> refused), so a
+  rotated key stops working at its expiry without any new record.
+- Updating an environment replaces all of its hashes at once (a key removed from the record
+  stops resolving immediately).
+"""
+
+from __future__ import annotations
+
+import time
+
+from protocol.environment import EnvironmentRecord, hash_secret
+from protocol.errors import ValidationError
+
+# Header prefixes some clients put before the key; LaunchDarkly SDKs send the bare key.
+_PREFIXES = ("bearer ", "api_key ")
+
+
+def sdk_key_from_header(value: str | None) -> str | None:
+    """The SDK key of an ``Authorization`` header (bare key, ``Bearer`` tolerated)."""
+    if not value:
+        return None
+    key = value.strip()
+    lowered = key.lower()
+    for prefix in _PREFIXES:
+        if lowered.startswith(prefix):
+            key = key[len(prefix) :].strip()
+            break
+    return key or None
+
+
+class CredentialIndex:
+    """Maps SDK-key hashes to environments. Not thread-safe; one per event loop."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, EnvironmentRecord] = {}
+        self._by_hash: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def update_from_json(self, env: str, raw: bytes) -> EnvironmentRecord:
+        """Parse an ``env`` record's JSON (raises ValidationError) and index its keys."""
+        record = EnvironmentRecord.from_json(raw)
+        if record.key != env:
+            raise ValidationError("key", "environment record key differs from the envelope")
+        self.update(record)
+        return record
+
+    def update(self, record: EnvironmentRecord) -> None:
+        self.remove(record.key)
+        self._records[record.key] = record
+        for cred in record.sdk_keys:
+            self._by_hash[cred.sha256] = record.key
+
+    def remove(self, env: str) -> None:
+        old = self._records.pop(env, None)
+        if old is not None:
+            for cred in old.sdk_keys:
+                if self._by_hash.get(cred.sha256) == env:
+                    del self._by_hash[cred.sha256]
+
+    def record(self, env: str) -> EnvironmentRecord | None:
+        return self._records.get(env)
+
+    def resolve(self, sdk_key: str | None, now_ms: int | None = None) -> str | None:
+        """The environment an SDK key opens, or None (unknown, expired, or no key)."""
+        if not sdk_key:
+            return None
+        digest = hash_secret(sdk_key)
+        env = self._by_hash.get(digest)
+        if env is None:
+            return None
+        record = self._records[env]
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        return env if record.accepts_sdk_key(digest, now) else None

@@ -1,0 +1,587 @@
+"""The connection hub: every open SSE stream of this process, and the fan-out to them.
+
+Rules (in the order a change meets them):
+
+1. ``publish(change)`` never blocks and never writes. It files the change as *pending* under
+   ``(env, kind, key)``; a later version replaces a pending earlier one (coalescing, counted
+   in ``coalesced_updates_total``). The final version of an item is never dropped: a change
+   is only ever replaced by a later one of the same item.
+2. A *round* starts one loop tick after the first pending change (so a burst of records read
+   in one fetch becomes one round), or, while a round is writing, right after it ends. A
+   round takes every pending change of every environment that has listeners, orders them by
+   offset, and encodes them ONCE per stream kind (``/all`` patch/delete events, legacy
+   ``/flags`` events for flags only) into one batch, framed once per framing (HTTP/1.1
+   chunk, or raw). The same bytes object is written to every stream of that kind with
+   ``transport.write()``: no per-connection encoding, task or await.
+3. Changes already in a stream's initial payload are never re-sent: a stream registered at
+   ``start_offset`` gets only the suffix of a batch with offsets greater than it (the rare
+   case of a stream that registered while the batch was pending).
+4. Rounds write in slices (``slice_writes`` writes per loop tick) so the loop keeps
+   accepting connections and consuming records during a fan-out to very many streams.
+5. A stream whose unsent bytes (``transport.get_write_buffer_size()``) exceed
+   ``max_buffer_bytes`` (plus the size of its own initial payload) after a write is aborted
+   at once (reason ``evicted``); its unsent bytes are freed. The SDK resumes with
+   ``Last-Event-ID``. So a client that never reads costs at most that bound.
+6. One timer per hub (not per stream) sends heartbeats to environments that had no write for
+   ``heartbeat_interval``, closes streams whose lifetime (``max_connection_lifetime``, minus
+   up to ``lifetime_jitter`` of it at random) is over, and stops when the hub is empty. A peer
+   that vanished without a word is dropped by the kernel (``TCP_USER_TIMEOUT``, at least
+   30 s, since heartbeats keep data unacknowledged) and released via ``connection_lost``.
+7. ``drain(window)``: no new streams (``can_accept()`` is False), then every open stream is
+   closed, spread evenly over the window, each with a clean end of body so its SDK
+   reconnects (elsewhere) at once.
+
+Close reasons (``connections_closed_total{reason}``): ``client`` (peer went away),
+``evicted`` (rule 5), ``lifetime`` (rule 6), ``drain`` (rule 7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import os
+import random
+import socket
+import time
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from aiohttp import hdrs, web
+
+from protocol import ld
+from relay.stream import CHUNKED_EOF, Connection, StreamKind, StreamProtocol, frame
+
+if TYPE_CHECKING:
+    from relay.config import RelaySettings
+    from relay.metrics import RelayMetrics
+    from relay.state import Change
+
+__all__ = ["Hub", "worker_identity"]
+
+# Writes per loop tick before a round yields to other callbacks (accepts, consumer).
+DEFAULT_SLICE_WRITES = 4096
+
+# Offsets are >= 0; a heartbeat "offset" above any real one is never filtered (rule 3).
+_NO_OFFSET = 1 << 62
+
+_STREAM_HEADERS = {
+    hdrs.CONTENT_TYPE: "text/event-stream; charset=utf-8",
+    hdrs.CACHE_CONTROL: "no-cache, no-store",
+    # Proxies (nginx) must not buffer an event stream.
+    "X-Accel-Buffering": "no",
+}
+
+CloseReason = Literal["client", "evicted", "lifetime", "drain"]
+_CLOSE_REASONS: tuple[CloseReason, ...] = ("client", "evicted", "lifetime", "drain")
+
+
+def worker_identity() -> dict[str, int]:
+    """Which process this is: its pid and its worker index (``relay.server`` sets it)."""
+    return {"pid": os.getpid(), "worker": int(os.environ.get("FLAGSTREAM_WORKER_INDEX", "0"))}
+
+
+class _Batch:
+    """Encoded events of one round for one stream kind, ordered by offset."""
+
+    __slots__ = ("_framed", "_suffixes", "events", "first_offset", "frames", "offsets")
+
+    def __init__(self, frames: list[bytes], offsets: list[int], *, events: bool = True) -> None:
+        self.frames = frames
+        self.offsets = offsets
+        self.first_offset = offsets[0]
+        self.events = events  # False for heartbeats (not counted as events)
+        body = b"".join(frames)
+        self._framed = {True: frame(body, True), False: frame(body, False)}
+        self._suffixes: dict[tuple[int, bool], bytes] = {}
+
+    def whole(self, chunked: bool) -> bytes:
+        return self._framed[chunked]
+
+    def suffix_index(self, start_offset: int) -> int:
+        """Index of the first frame a stream registered at ``start_offset`` has not seen."""
+        return bisect_right(self.offsets, start_offset)
+
+    def suffix(self, index: int, chunked: bool) -> bytes:
+        cached = self._suffixes.get((index, chunked))
+        if cached is None:
+            cached = frame(b"".join(self.frames[index:]), chunked)
+            self._suffixes[(index, chunked)] = cached
+        return cached
+
+
+_HEARTBEAT = _Batch([ld.heartbeat()], [_NO_OFFSET], events=False)
+
+
+@dataclass(slots=True)
+class _Job:
+    """One batch to write to one list of streams; ``index`` is how far it got."""
+
+    batch: _Batch
+    chunked: bool
+    conns: list[Connection]
+    index: int = 0
+    events: int = 0
+    bytes: int = 0
+    done: list[Change] | None = None  # changes whose last write this job is (delay metric)
+
+
+@dataclass(slots=True)
+class _EnvStreams:
+    """The streams of one environment, by (stream kind, chunked framing)."""
+
+    groups: dict[tuple[StreamKind, bool], set[Connection]] = field(default_factory=dict)
+    preparing: set[Connection] = field(default_factory=set)
+    last_write: float = 0.0  # loop time of the last round or heartbeat written here
+
+    def empty(self) -> bool:
+        return not self.preparing and not any(self.groups.values())
+
+
+class Hub:
+    """All SSE streams of one relay process. See the module docstring for the rules."""
+
+    def __init__(self, settings: RelaySettings, metrics: RelayMetrics) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._max_connections = settings.max_connections
+        self._max_buffer = settings.max_buffer_bytes
+        self._heartbeat_interval = settings.heartbeat_interval
+        self._lifetime = settings.max_connection_lifetime
+        self._jitter = settings.lifetime_jitter
+        self._retry_after = str(getattr(settings, "retry_after", 2))
+        self.slice_writes = DEFAULT_SLICE_WRITES
+        # Detached streams: serve_stream returns once the stream is set up and aiohttp forgets
+        # the connection (see relay.stream). relay.server turns this on; the default keeps
+        # the CONTRACTS.md behaviour (serve_stream returns when the stream has ended).
+        self.detach = False
+        # A peer that stops acknowledging (vanished without FIN/RST) is dropped by the kernel
+        # after this long; heartbeats keep data in flight so the timer always runs.
+        self._user_timeout_ms = int(1000 * max(30.0, 3 * self._heartbeat_interval))
+
+        self._envs: dict[str, _EnvStreams] = {}
+        self._count = 0
+        self._draining = False
+        self._pending: dict[str, dict[tuple[str, str], Change]] = {}
+        self._jobs: deque[_Job] = deque()
+        self._flush_handle: asyncio.Handle | None = None
+        self._run_handle: asyncio.Handle | None = None
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._next_heartbeat = 0.0
+        self._lifetimes: list[tuple[float, int, Connection]] = []
+        self._seq = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+        m = metrics
+        self._m_closed = {r: m.connections_closed_total.labels(reason=r) for r in _CLOSE_REASONS}
+
+    # --- public interface (CONTRACTS.md) -------------------------------------------------
+
+    @property
+    def metrics(self) -> RelayMetrics:
+        return self._metrics
+
+    @property
+    def draining(self) -> bool:
+        """True once ``drain()`` started: no new streams; ``/readyz`` should answer 503."""
+        return self._draining
+
+    def can_accept(self) -> bool:
+        """False when full (``max_connections``) or draining."""
+        return not self._draining and self._count < self._max_connections
+
+    def connection_count(self) -> int:
+        return self._count
+
+    def stats(self) -> dict[str, Any]:
+        """For ``/status``: stream counts, fan-out state and which process answered."""
+        by_kind = {"all": 0, "flags": 0}
+        for env in self._envs.values():
+            for (kind, _), conns in env.groups.items():
+                by_kind[kind] += len(conns)
+        return {
+            **worker_identity(),
+            "connections": self._count,
+            "max_connections": self._max_connections,
+            "streams": by_kind,
+            "environments_streaming": len(self._envs),
+            "pending_changes": sum(len(p) for p in self._pending.values()),
+            "writing": bool(self._jobs),
+            "draining": self._draining,
+        }
+
+    async def serve_stream(
+        self,
+        request: web.Request,
+        *,
+        env: str,
+        stream: Literal["all", "flags"],
+        initial: bytes,
+        start_offset: int,
+    ) -> web.StreamResponse:
+        """Answer ``request`` with an SSE stream; return only when the stream has ended.
+
+        Registration happens before the first ``await``, so a change published between the
+        caller's snapshot and the response headers is queued for this stream, never lost.
+        """
+        if not self.can_accept():
+            return web.Response(
+                status=503,
+                headers={hdrs.RETRY_AFTER: self._retry_after},
+                content_type="application/problem+json",
+                text='{"title":"Service Unavailable","status":503,'
+                '"detail":"this relay holds no more streams; retry shortly"}',
+            )
+        loop = self._loop = asyncio.get_running_loop()
+        detach = self.detach
+        conn = Connection(env, stream, start_offset, None if detach else loop.create_future())
+        self._register(conn)
+
+        resp = web.StreamResponse(status=200, headers=_STREAM_HEADERS)
+        resp.force_close()  # a stream's connection is never reused for another request
+        handed_over = False
+        try:
+            await resp.prepare(request)
+            transport = request.transport
+            if conn.closed:
+                return resp
+            if transport is None or transport.is_closing():
+                self._close(conn, "client")
+                return resp
+            chunked = resp.headers.get(hdrs.TRANSFER_ENCODING, "").lower() == "chunked"
+            self._activate(conn, transport, chunked, initial)
+            if detach:
+                # aiohttp believes the peer left: it writes nothing more and frees the
+                # request; the transport is the hub's until the stream ends.
+                handed_over = True
+                return resp
+            assert conn.done is not None
+            await conn.done
+        finally:
+            if not handed_over:
+                # Ended, cancelled (server shutdown, handler cancellation) or failed.
+                self._close(conn, "client")
+        return resp
+
+    def publish(self, change: Change) -> None:
+        """File an applied change for the next round (rule 1). Never blocks."""
+        pending = self._pending.get(change.env)
+        if pending is None:
+            pending = self._pending[change.env] = {}
+        key = (change.kind, change.key)
+        if key in pending:
+            self._metrics.coalesced_updates_total.inc()
+        pending[key] = change
+        if not self._jobs and self._flush_handle is None:
+            loop = self._loop
+            if loop is None:
+                try:
+                    loop = self._loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    return  # no loop yet, so no stream yet: the next publish schedules
+            self._flush_handle = loop.call_soon(self._flush)
+
+    async def drain(self, window_seconds: float) -> None:
+        """Stop accepting streams and close the open ones spread evenly over the window."""
+        self._draining = True
+        loop = asyncio.get_running_loop()
+        conns = [c for env in self._envs.values() for c in _all_streams(env)]
+        total = len(conns)
+        start = loop.time()
+        closed = 0
+        while closed < total:
+            elapsed = loop.time() - start
+            due = (
+                total
+                if window_seconds <= 0
+                else min(total, int(elapsed / window_seconds * total) + 1)
+            )
+            while closed < due:
+                self._close(conns[closed], "drain")
+                closed += 1
+            if closed < total:
+                next_at = start + window_seconds * closed / total
+                await asyncio.sleep(max(0.005, next_at - loop.time()))
+        # Streams that registered in a race with the flag (none expected) go too.
+        for c in [c for env in self._envs.values() for c in _all_streams(env)]:
+            self._close(c, "drain")
+
+    # --- registration --------------------------------------------------------------------
+
+    def _register(self, conn: Connection) -> None:
+        env = self._envs.get(conn.env)
+        if env is None:
+            env = self._envs[conn.env] = _EnvStreams()
+        env.preparing.add(conn)
+        self._count += 1
+        self._metrics.connections.inc()
+        self._metrics.connections_opened_total.inc()
+
+    def _activate(
+        self, conn: Connection, transport: asyncio.Transport, chunked: bool, initial: bytes
+    ) -> None:
+        """Take the transport over and write the initial payload plus anything queued."""
+        conn.transport = transport
+        conn.chunked = chunked
+        conn.limit = self._max_buffer + len(initial)
+        inner = transport.get_protocol()
+        transport.set_protocol(StreamProtocol(self, conn, None if self.detach else inner))
+        if self.detach:
+            # aiohttp's own connection_lost: it drops the connection from its server's set,
+            # cancels its timers, frees its parser, and will not write or close anything.
+            inner.connection_lost(None)
+        _set_user_timeout(transport, self._user_timeout_ms)
+        queued = conn.pending or ()
+        conn.pending = None
+        env = self._envs[conn.env]
+        env.preparing.discard(conn)
+        group = env.groups.get((conn.kind, chunked))
+        if group is None:
+            group = env.groups[(conn.kind, chunked)] = set()
+        group.add(conn)
+        data = frame(initial + b"".join(queued), chunked)
+        if data:
+            transport.write(data)
+            self._metrics.bytes_sent_total.inc(len(data))
+        loop = self._loop
+        assert loop is not None
+        if self._lifetime is not None:
+            conn.deadline = loop.time() + self._lifetime * (1.0 - self._jitter * random.random())
+            self._seq += 1
+            heapq.heappush(self._lifetimes, (conn.deadline, self._seq, conn))
+        self._ensure_ticker(loop)
+        if transport.get_write_buffer_size() > conn.limit:
+            self._close(conn, "evicted")
+
+    def _on_connection_lost(self, conn: Connection) -> None:
+        self._close(conn, "client")
+
+    def _close(self, conn: Connection, reason: CloseReason) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        env = self._envs.get(conn.env)
+        if env is not None:
+            if conn.transport is None:
+                env.preparing.discard(conn)
+            else:
+                group = env.groups.get((conn.kind, conn.chunked))
+                if group is not None:
+                    group.discard(conn)
+            if env.empty():
+                del self._envs[conn.env]
+        self._count -= 1
+        self._metrics.connections.dec()
+        self._m_closed[reason].inc()
+        transport = conn.transport
+        conn.transport = None
+        conn.pending = None
+        if transport is not None and not transport.is_closing():
+            if reason == "evicted" or transport.get_write_buffer_size() > 0:
+                # Behind already: free its unsent bytes now; the SDK resumes by position.
+                transport.abort()
+            else:
+                if conn.chunked:
+                    transport.write(CHUNKED_EOF)
+                transport.close()
+        if conn.done is not None and not conn.done.done():
+            conn.done.set_result(reason)
+
+    # --- rounds --------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Start a round with every pending change (rule 2)."""
+        self._flush_handle = None
+        if self._jobs or not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        for env_key, changes in pending.items():
+            env = self._envs.get(env_key)
+            if env is None:
+                continue  # nobody listens: nothing to encode
+            ordered = sorted(changes.values(), key=_offset)
+            batches: dict[StreamKind, _Batch] = {"all": _encode_all(ordered)}
+            flags = [c for c in ordered if c.kind == "flag"]
+            if flags:
+                batches["flags"] = _encode_flags(flags)
+            for conn in env.preparing:
+                batch = batches.get(conn.kind)
+                if batch is not None and conn.pending is not None:
+                    index = batch.suffix_index(conn.start_offset)
+                    if index < len(batch.frames):
+                        conn.pending.append(b"".join(batch.frames[index:]))
+            last: _Job | None = None
+            for (kind, chunked), conns in env.groups.items():
+                batch = batches.get(kind)
+                if batch is not None and conns:
+                    last = _Job(batch, chunked, list(conns))
+                    self._jobs.append(last)
+            if last is not None:
+                last.done = ordered
+                env.last_write = now
+        if self._jobs:
+            self._run()
+
+    def _run(self) -> None:
+        """Write one slice of the current round; reschedule while work remains."""
+        self._run_handle = None
+        budget = self.slice_writes
+        jobs = self._jobs
+        while jobs and budget > 0:
+            job = jobs[0]
+            budget -= self._write(job, budget)
+            if job.index < len(job.conns):
+                break
+            jobs.popleft()
+            self._finish(job)
+        if jobs:
+            loop = self._loop
+            assert loop is not None
+            self._run_handle = loop.call_soon(self._run)
+        elif self._pending and self._flush_handle is None:
+            self._flush()
+
+    def _write(self, job: _Job, budget: int) -> int:
+        """Write ``job``'s batch to up to ``budget`` streams; return how many were visited."""
+        conns = job.conns
+        start = job.index
+        end = min(len(conns), start + budget)
+        batch = job.batch
+        chunked = job.chunked
+        whole = batch.whole(chunked)
+        first = batch.first_offset
+        nframes = len(batch.frames)
+        writes = 0
+        extra_events = 0
+        extra_bytes = 0
+        for i in range(start, end):
+            c = conns[i]
+            if c.closed:
+                continue
+            if c.start_offset >= first:
+                index = batch.suffix_index(c.start_offset)
+                if index >= nframes:
+                    continue
+                data = batch.suffix(index, chunked)
+                extra_events += nframes - index
+                extra_bytes += len(data)
+            else:
+                data = whole
+                writes += 1
+            t = c.transport
+            assert t is not None
+            try:
+                t.write(data)
+            except (OSError, RuntimeError):
+                self._close(c, "client")
+                continue
+            if t.get_write_buffer_size() > c.limit:
+                self._close(c, "evicted")
+        job.index = end
+        if batch.events:
+            job.events += writes * nframes + extra_events
+        job.bytes += writes * len(whole) + extra_bytes
+        return end - start
+
+    def _finish(self, job: _Job) -> None:
+        m = self._metrics
+        if job.events:
+            m.events_sent_total.inc(job.events)
+        if job.bytes:
+            m.bytes_sent_total.inc(job.bytes)
+        if job.done:
+            now_ms = time.time() * 1000.0
+            observe = m.fanout_delay_seconds.observe
+            for change in job.done:
+                observe(max(0.0, (now_ms - change.published_ms) / 1000.0))
+
+    # --- timer: heartbeats and lifetimes (rule 6) ----------------------------------------
+
+    def _tick_interval(self) -> float:
+        return max(0.01, min(1.0, self._heartbeat_interval / 2))
+
+    def _ensure_ticker(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._tick_handle is None:
+            if self._next_heartbeat == 0.0:
+                self._next_heartbeat = loop.time() + self._heartbeat_interval
+            self._tick_handle = loop.call_later(self._tick_interval(), self._tick)
+
+    def _tick(self) -> None:
+        self._tick_handle = None
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        heap = self._lifetimes
+        while heap and heap[0][0] <= now:
+            conn = heapq.heappop(heap)[2]
+            self._close(conn, "lifetime")
+        if len(heap) > 64 and len(heap) > 2 * self._count:
+            # Closed streams linger in the heap until their deadline; drop them in bulk.
+            self._lifetimes = heap = [e for e in heap if not e[2].closed]
+            heapq.heapify(heap)
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self._heartbeat_interval
+            self._heartbeat(now)
+        if self._count or heap:
+            self._tick_handle = loop.call_later(self._tick_interval(), self._tick)
+        else:
+            self._next_heartbeat = 0.0
+
+    def _heartbeat(self, now: float) -> None:
+        # An environment written to within the interval needs no keep-alive.
+        quiet_since = now - self._heartbeat_interval * 0.5
+        added = False
+        for env in self._envs.values():
+            if env.last_write > quiet_since:
+                continue
+            env.last_write = now
+            for (_, chunked), conns in env.groups.items():
+                if conns:
+                    self._jobs.append(_Job(_HEARTBEAT, chunked, list(conns)))
+                    added = True
+        if added and self._run_handle is None:
+            self._run()
+
+
+def _set_user_timeout(transport: asyncio.Transport, ms: int) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is None or not hasattr(socket, "TCP_USER_TIMEOUT"):
+        return
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, ms)
+
+
+def _offset(change: Change) -> int:
+    return change.offset
+
+
+def _all_streams(env: _EnvStreams) -> Iterable[Connection]:
+    yield from env.preparing
+    for conns in env.groups.values():
+        yield from conns
+
+
+def _encode_all(changes: list[Change]) -> _Batch:
+    frames = [
+        ld.delete_event(c.kind, c.key, c.version, c.position)
+        if c.deleted
+        else ld.patch_event(c.kind, c.key, c.item, c.position)
+        for c in changes
+    ]
+    return _Batch(frames, [c.offset for c in changes])
+
+
+def _encode_flags(changes: list[Change]) -> _Batch:
+    frames = [
+        ld.flags_delete_event(c.key, c.version, c.position)
+        if c.deleted
+        else ld.flags_patch_event(c.key, c.item, c.position)
+        for c in changes
+    ]
+    return _Batch(frames, [c.offset for c in changes])

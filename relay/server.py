@@ -1,0 +1,320 @@
+"""Running relay processes: one worker, or a supervisor of N workers on one port.
+
+Rules:
+- A *worker* is a complete relay: its own Kafka consumer, state, hub and metrics, an
+  aiohttp application from ``relay.app.build_app`` on a uvloop event loop, listening on its
+  own socket bound with ``SO_REUSEPORT`` so the kernel spreads new connections over the
+  workers. Every response carries ``X-Flagstream-Worker: <index>/<pid>``, and ``/status``
+  (``hub``) names the process too, so an operator always knows who answered.
+- ``workers == 1`` runs the worker in this process. ``workers > 1`` forks N workers and
+  supervises them: a worker that dies while the relay runs is restarted (after a short
+  pause); a worker that fails right after its start (port in use, bad config) stops the whole
+  relay with its exit code, since a restart would fail the same way.
+- SIGTERM drains: ``/readyz`` answers 503 at once, no new streams are accepted, open streams
+  are closed spread evenly over ``drain_window`` (their SDKs reconnect elsewhere without a
+  herd), then the worker exits 0. SIGINT does the same over a tenth of the window (at most
+  1 s). A second signal, more than a second after the first, closes everything at once.
+  The supervisor forwards both signals to its workers and exits 0 once all exited 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import resource
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from relay.hub import Hub
+
+if TYPE_CHECKING:
+    from relay.config import RelaySettings
+
+log = logging.getLogger("flagstream.relay.server")
+
+__all__ = ["listen_socket", "raise_fd_limit", "run_worker", "serve"]
+
+WORKER_HEADER = "X-Flagstream-Worker"
+# A worker that exits with an error sooner than this after its start is not restarted.
+_FAST_FAILURE_SECONDS = 10.0
+_RESTART_PAUSE_SECONDS = 1.0
+_LISTEN_BACKLOG = 4096
+
+
+def serve(settings: RelaySettings) -> int:
+    """Run the relay until it is told to stop; return the process exit code."""
+    raise_fd_limit()
+    if settings.workers <= 1:
+        return run_worker(settings, index=0)
+    return _Supervisor(settings).run()
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft open-files limit to the hard one (each stream is a descriptor)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` with SO_REUSEPORT (one per worker)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+# --- one worker ---------------------------------------------------------------------------
+
+
+def run_worker(
+    settings: RelaySettings,
+    *,
+    index: int,
+    sock: socket.socket | None = None,
+    app_factory: Callable[[RelaySettings, Hub], web.Application] | None = None,
+) -> int:
+    """Run one complete relay on a uvloop loop until SIGTERM/SIGINT; return the exit code."""
+    os.environ["FLAGSTREAM_WORKER_INDEX"] = str(index)
+    try:
+        import uvloop
+
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        loop_factory = None
+    if sock is None:
+        try:
+            sock = listen_socket(settings.host, settings.port)
+        except OSError as exc:
+            print(
+                f"flagstream relay: cannot listen on {settings.host}:{settings.port}: "
+                f"{exc.strerror or exc} (choose another --port or stop the other process)",
+                file=sys.stderr,
+            )
+            return 2
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(_Worker(settings, index, sock, app_factory).run())
+
+
+def _default_app(settings: RelaySettings, hub: Hub) -> web.Application:
+    from relay.app import build_app
+    from relay.source import KafkaSource
+
+    source = KafkaSource(
+        settings.kafka_bootstrap,
+        settings.topic,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        client_id=f"flagstream-relay-{os.getpid()}",
+    )
+    return build_app(settings, source, metrics=hub.metrics, hub=hub)
+
+
+class _Worker:
+    def __init__(
+        self,
+        settings: RelaySettings,
+        index: int,
+        sock: socket.socket,
+        app_factory: Callable[[RelaySettings, Hub], web.Application] | None,
+    ) -> None:
+        self.settings = settings
+        self.index = index
+        self.sock = sock
+        self.app_factory = app_factory or _default_app
+        self.stop_requested: asyncio.Event | None = None
+        self.window = settings.drain_window
+        self.first_signal_at: float | None = None
+        self.drain_task: asyncio.Task[None] | None = None
+        self.hub: Hub | None = None
+
+    async def run(self) -> int:
+        from relay.metrics import RelayMetrics
+
+        loop = asyncio.get_running_loop()
+        self.stop_requested = asyncio.Event()
+        hub = self.hub = Hub(self.settings, RelayMetrics())
+        hub.detach = True  # aiohttp frees its per-request objects once a stream is set up
+        app = self.app_factory(self.settings, hub)
+        identity = f"{self.index}/{os.getpid()}"
+        app.middlewares.append(_drain_aware_readyz(hub))
+
+        async def tag(request: web.Request, response: web.StreamResponse) -> None:
+            response.headers[WORKER_HEADER] = identity
+
+        app.on_response_prepare.append(tag)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+        await runner.setup()
+        site = web.SockSite(runner, self.sock, backlog=_LISTEN_BACKLOG)
+        await site.start()
+        host, port = self.sock.getsockname()[:2]
+        log.info("relay worker %s listening on http://%s:%s", identity, host, port)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            await self.stop_requested.wait()
+            if self.drain_task is not None:
+                await self.drain_task
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            # Detached streams are the hub's alone: close any left before aiohttp stops.
+            await hub.drain(0)
+            await runner.cleanup()
+        log.info("relay worker %s stopped", identity)
+        return 0
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        assert self.hub is not None and self.stop_requested is not None
+        now = time.monotonic()
+        if self.first_signal_at is None:
+            self.first_signal_at = now
+            window = self.window if sig == signal.SIGTERM else min(1.0, self.window / 10)
+            log.info(
+                "relay worker %s: %s, draining %d streams over %.1fs",
+                self.index,
+                sig.name,
+                self.hub.connection_count(),
+                window,
+            )
+            self.drain_task = asyncio.ensure_future(self._drain(window))
+        elif now - self.first_signal_at > 1.0:
+            log.info("relay worker %s: %s again, closing every stream now", self.index, sig.name)
+            self.drain_task = asyncio.ensure_future(self._drain(0.0))
+
+    async def _drain(self, window: float) -> None:
+        assert self.hub is not None and self.stop_requested is not None
+        await self.hub.drain(window)
+        self.stop_requested.set()
+
+
+def _drain_aware_readyz(hub: Hub) -> Middleware:
+    """``/readyz`` answers 503 as soon as the hub drains, whatever the app would say."""
+
+    @web.middleware
+    async def readyz(
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        if hub.draining and request.path == "/readyz":
+            return web.json_response(
+                {"status": "draining"}, status=503, headers={"Retry-After": "1"}
+            )
+        return await handler(request)
+
+    return readyz
+
+
+# --- supervisor of N workers ----------------------------------------------------------------
+
+
+class _Supervisor:
+    def __init__(self, settings: RelaySettings) -> None:
+        self.settings = settings
+        self.ctx = multiprocessing.get_context("fork")
+        self.procs: dict[int, multiprocessing.process.BaseProcess] = {}
+        self.started: dict[int, float] = {}
+        self.stopping: signal.Signals | None = None
+        self.exit_code = 0
+        self.port = settings.port
+        self.reserve: socket.socket | None = None
+
+    def run(self) -> int:
+        settings = self.settings
+        if self.port == 0:
+            # Pick the port once for every worker, and keep it reserved (bound, never
+            # listening, so it takes no connections) while the relay runs.
+            self.reserve = listen_socket(settings.host, 0)
+            self.port = self.reserve.getsockname()[1]
+        previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            for index in range(settings.workers):
+                self._start(index)
+            log.info(
+                "relay: %d workers on http://%s:%d", settings.workers, settings.host, self.port
+            )
+            self._watch()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if self.reserve is not None:
+                self.reserve.close()
+        return self.exit_code
+
+    def _start(self, index: int) -> None:
+        child_settings = self.settings.model_copy(update={"port": self.port, "workers": 1})
+        proc = self.ctx.Process(
+            target=_worker_entry, args=(child_settings, index), name=f"relay-worker-{index}"
+        )
+        proc.start()
+        self.procs[index] = proc
+        self.started[index] = time.monotonic()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        sig = signal.Signals(signum)
+        if self.stopping is None:
+            self.stopping = sig
+        for proc in self.procs.values():
+            if proc.pid is not None and proc.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, sig)
+
+    def _watch(self) -> None:
+        restart_at: dict[int, float] = {}
+        while self.procs or (restart_at and self.stopping is None):
+            sentinels = [p.sentinel for p in self.procs.values()]
+            multiprocessing.connection.wait(sentinels, timeout=0.5)
+            now = time.monotonic()
+            for index, proc in list(self.procs.items()):
+                if proc.exitcode is None:
+                    continue
+                del self.procs[index]
+                code = proc.exitcode
+                if self.stopping is not None:
+                    if code != 0:
+                        self.exit_code = 1
+                    continue
+                if code != 0 and now - self.started[index] < _FAST_FAILURE_SECONDS:
+                    log.error("relay worker %d failed at start (exit %s); stopping", index, code)
+                    self.exit_code = code if code > 0 else 1
+                    self._on_signal(signal.SIGINT, None)
+                    continue
+                log.warning("relay worker %d exited (code %s); restarting it", index, code)
+                restart_at[index] = now + _RESTART_PAUSE_SECONDS
+            for index, due in list(restart_at.items()):
+                if self.stopping is not None:
+                    del restart_at[index]
+                elif now >= due:
+                    del restart_at[index]
+                    self._start(index)
+
+
+def _worker_entry(settings: RelaySettings, index: int) -> None:
+    # Forked children start with the parent's handlers; the worker installs its own.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    code = run_worker(settings, index=index)
+    sys.exit(code)

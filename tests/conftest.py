@@ -1,0 +1,99 @@
+"""Shared pytest fixtures: the real local stack and private instances for fault tests.
+
+- ``kafka_bootstrap`` / ``redis_url`` (session): the shared stack of ``flagstream stack up``
+  (FLAGSTREAM_STACK_* env vars select ports/data dir). A running stack is reused; a missing
+  one is started once per session and left running afterwards (other sessions may be using
+  it, and the next run starts in a fraction of a second). Never stop it from a test.
+- ``unique_name`` (function): a fresh ``"t-<hex>"`` for topic names and key prefixes, so tests
+  sharing the one broker and Redis never see each other's data.
+- ``private_kafka`` / ``private_redis`` (function): a started KafkaBroker / RedisServer of
+  this test alone, on free ports in ``tmp_path``; stop, kill and restart them freely; they are
+  torn down afterwards. Their ``start``/``stop`` block: from async tests call them through
+  ``await asyncio.to_thread(...)``.
+
+Tests that use any of these fixtures are marked ``integration`` automatically.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flagstream.stack.errors import StackError
+from flagstream.stack.kafka import KafkaBroker
+from flagstream.stack.process import free_port
+from flagstream.stack.redis import RedisServer
+from flagstream.stack.stack import Stack, resolve_config
+
+_STACK_FIXTURES = frozenset(
+    {"kafka_bootstrap", "redis_url", "local_stack", "private_kafka", "private_redis"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _STACK_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+def _progress(message: str) -> None:
+    print(f"stack: {message}", file=sys.stderr)
+
+
+@pytest.fixture(scope="session")
+def local_stack() -> Stack:
+    """The shared stack, up and answering (started here only if it was not running)."""
+    stack = Stack(resolve_config())
+    try:
+        stack.up(timeout=240.0, say=_progress)
+    except StackError as error:
+        pytest.fail(f"local stack unavailable: {error}", pytrace=False)
+    return stack
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(local_stack: Stack) -> str:
+    return local_stack.kafka.bootstrap
+
+
+@pytest.fixture(scope="session")
+def redis_url(local_stack: Stack) -> str:
+    return local_stack.redis.url
+
+
+@pytest.fixture
+def unique_name() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def _two_free_ports() -> tuple[int, int]:
+    first = free_port()
+    second = free_port()
+    while second == first:
+        second = free_port()
+    return first, second
+
+
+@pytest.fixture
+def private_kafka(tmp_path: Path) -> Iterator[KafkaBroker]:
+    port, controller_port = _two_free_ports()
+    broker = KafkaBroker(tmp_path / "kafka", port, controller_port)
+    try:
+        broker.start(timeout=240.0)
+        yield broker
+    finally:
+        broker.kill()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis", free_port())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill()

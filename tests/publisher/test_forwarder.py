@@ -1,0 +1,123 @@
+"""The outbox forwarder under faults: a stopped Kafka broker, several publisher instances."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from publisher_support import ApiFactory, read_topic, wait_outbox_empty
+
+from flagstream.stack.kafka import KafkaBroker
+from publisher.app import FORWARDER
+from publisher.log import KafkaRecordLog
+from publisher.redis_store import RedisStore
+
+pytestmark = pytest.mark.integration
+
+ENV = "/api/v1/environments"
+FLAG: dict[str, Any] = {
+    "key": "f1",
+    "on": True,
+    "variations": [True, False],
+    "fallthrough": {"variation": 0},
+    "offVariation": 1,
+}
+
+
+def first_occurrences(versions: list[int]) -> list[int]:
+    seen: list[int] = []
+    for v in versions:
+        if v not in seen:
+            seen.append(v)
+    return seen
+
+
+@pytest.mark.slow
+async def test_kafka_down_writes_pending_then_delivered_in_order(
+    make_api: ApiFactory, redis_store: RedisStore, private_kafka: KafkaBroker, unique_name: str
+) -> None:
+    topic = f"{unique_name}.state"
+    log = KafkaRecordLog(
+        private_kafka.bootstrap, topic, create_partitions=3, request_timeout_ms=3000
+    )
+    api = await make_api(
+        redis_store, log, kafka_bootstrap=private_kafka.bootstrap, topic=topic, ack_timeout=1.0
+    )
+    status, _, _ = await api.call("POST", ENV, {"key": "prod"})
+    assert status == 201
+    status, _, _ = await api.call("PUT", f"{ENV}/prod/flags/f1", FLAG)
+    assert status == 201
+
+    await asyncio.to_thread(private_kafka.stop)
+    for i in range(5):
+        status, body, _ = await api.call("PATCH", f"{ENV}/prod/flags/f1", {"salt": f"s{i}"})
+        assert status == 202, body
+        assert body["delivery"] == "pending" and body["item"]["version"] == i + 2
+    status, body, _ = await api.call("PUT", f"{ENV}/prod/segments/s1", {"key": "s1"})
+    assert status == 202
+    assert await redis_store.outbox_depth() == 6  # durably queued, nothing lost
+    status, body, _ = await api.call("GET", f"{ENV}/prod/flags/f1")
+    assert body["version"] == 6 and body["salt"] == "s4"  # the store has it
+    async with api.client.get("/metrics") as resp:
+        metrics = await resp.text()
+    assert 'flagstream_publisher_writes_total{result="pending"} 6.0' in metrics
+
+    await asyncio.to_thread(private_kafka.start, 240.0)
+    await wait_outbox_empty(api.app, redis_store, seconds=90)
+
+    records = await read_topic(private_kafka.bootstrap, topic, "prod", expect=8)
+    flags = [r for r in records if r.kind == "flag"]
+    # at-least-once, in order: the first occurrences are 1..6 in order and the log ends
+    # with the newest version (what a compacted topic keeps)
+    assert first_occurrences([r.version for r in flags]) == [1, 2, 3, 4, 5, 6]
+    assert flags[-1].version == 6 and json.loads(flags[-1].item)["salt"] == "s4"
+    assert [r.kind for r in records].index("segment") > [r.version for r in flags].index(6)
+    assert records[0].kind == "env"
+
+    # Kafka is back: writes are acknowledged again
+    status, body, _ = await api.call("PATCH", f"{ENV}/prod/flags/f1", {"on": False})
+    assert status == 200 and body["version"] == 7
+    async with api.client.get("/metrics") as resp:
+        metrics = await resp.text()
+    assert "flagstream_publisher_kafka_errors_total 0.0" not in metrics
+
+
+async def test_two_instances_one_forwarder_every_write_acknowledged_once(
+    make_api: ApiFactory, redis_url: str, kafka_bootstrap: str, unique_name: str
+) -> None:
+    stores = [RedisStore(redis_url, prefix=f"{unique_name}:") for _ in range(2)]
+    try:
+        a = await make_api(stores[0])
+        b = await make_api(stores[1])
+        status, _, _ = await a.call("POST", ENV, {"key": "prod"})
+        assert status == 201
+        leaders = [api.app[FORWARDER].is_leader for api in (a, b)]
+        assert sorted(leaders) == [False, True]
+
+        statuses = []
+        for i in range(6):
+            api = (a, b)[i % 2]
+            status, body, _ = await api.call(
+                "PUT", f"{ENV}/prod/flags/f1", {**FLAG, "salt": str(i)}
+            )
+            statuses.append(status)
+        assert statuses == [201] + [200] * 5  # both instances see their writes acknowledged
+
+        # the leader goes away: the other instance takes over the lease and forwards
+        leader, follower = (a, b) if leaders[0] else (b, a)
+        await leader.client.close()
+        status, _, _ = await follower.call("PATCH", f"{ENV}/prod/flags/f1", {"on": False})
+        assert status in (200, 202)
+        await wait_outbox_empty(follower.app, follower.store, seconds=30)
+        assert follower.app[FORWARDER].is_leader
+
+        records = await read_topic(kafka_bootstrap, a.topic, "prod", expect=8)
+        assert [(r.kind, r.version) for r in records] == [("env", 1)] + [
+            ("flag", v) for v in range(1, 8)
+        ]
+    finally:
+        await stores[0].delete_all()
+        for s in stores:
+            await s.close()

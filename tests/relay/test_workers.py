@@ -1,0 +1,71 @@
+"""``--workers N``: N relay processes on one port (SO_REUSEPORT), each a complete relay."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import aiohttp
+import pytest
+from relay_support import flag, item_envelope
+from test_hub import events_of
+from test_server import ENV, open_stream, relay_process, seeded, wait_ready
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+async def test_workers_share_the_port_and_each_serves_streams(
+    tmp_path: Path, kafka_bootstrap: str, unique_name: str
+) -> None:
+    async with seeded(kafka_bootstrap, unique_name) as producer:
+        with relay_process(
+            tmp_path, kafka_bootstrap, unique_name, workers=2, drain_window=1
+        ) as relay:
+            await wait_ready(relay)
+            streams = []
+            by_worker: dict[str, int] = {}
+            # New connections are hashed over the workers; open until both served some.
+            for _ in range(64):
+                stream = await open_stream(relay)
+                streams.append(stream)
+                worker = stream.http.headers["x-flagstream-worker"]
+                by_worker[worker] = by_worker.get(worker, 0) + 1
+                if len(by_worker) == 2 and len(streams) >= 8:
+                    break
+            assert len(by_worker) == 2, by_worker
+            assert {w.split("/")[0] for w in by_worker} == {"0", "1"}
+            assert len({w.split("/")[1] for w in by_worker}) == 2  # two processes
+
+            for s in streams:
+                items = await s.until(lambda i: len(events_of(i)) >= 1, 10)
+                assert events_of(items)[0].event == "put"
+
+            # Every worker consumes on its own: one write reaches the streams of both.
+            await producer.send(item_envelope(ENV, "flag", flag("flag-2", 7)))
+            for s in streams:
+                items = await s.until(lambda i: len(events_of(i)) >= 2, 15)
+                patch = events_of(items)[1]
+                assert json.loads(patch.data)["data"]["version"] == 7
+
+            # /status is per process and says which one answered.
+            seen = set()
+            for _ in range(40):
+                # A fresh connection each time, so the kernel may pick either worker.
+                connector = aiohttp.TCPConnector(force_close=True)
+                async with (
+                    aiohttp.ClientSession(connector=connector) as session,
+                    session.get(relay.url + "/status") as resp,
+                ):
+                    body = await resp.json()
+                    header = resp.headers["X-Flagstream-Worker"]
+                    assert header == f"{body['hub']['worker']}/{body['hub']['pid']}"
+                    seen.add(header)
+                if len(seen) == 2:
+                    break
+            assert seen == set(by_worker)
+
+            for s in streams:
+                s.close()
+            relay.proc.send_signal(signal.SIGTERM)
+            assert relay.wait(20) == 0, relay.log()
