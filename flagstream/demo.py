@@ -30,6 +30,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,6 +83,7 @@ class ClientStats:
     full: int = 0  # reconnects answered with a put
     regressions: int = 0  # a put or patch that would have lowered a held version
     refused: int = 0  # non-200 answers
+    last_error: str = ""  # why the last connection attempt or stream ended
 
 
 class StreamClient:
@@ -137,6 +139,7 @@ class StreamClient:
         async with self.session.get(url, headers=headers) as response:
             if response.status != 200:
                 self.stats.refused += 1
+                self.stats.last_error = f"HTTP {response.status}: {await response.text()}"
                 return
             self.stats.connects += 1
             self._awaiting_first_event = self._reconnecting
@@ -491,7 +494,8 @@ async def run_demo(args: argparse.Namespace, say: Any = print) -> Outcome:
         tasks = [asyncio.create_task(c.run(), name=f"client-{c.index}") for c in clients]
         connected = await _wait(lambda: all(c.connected.is_set() for c in clients), 60)
         if not connected:
-            raise DemoError("not every stream connected within 60 s")
+            errors = sorted({c.stats.last_error for c in clients if not c.connected.is_set()})
+            raise DemoError(f"not every stream connected within 60 s: {errors[:3]}")
         have_put = await _wait(lambda: all(c.stats.puts >= 1 for c in clients), 30)
         outcome.check(have_put, "not every stream received its initial put")
         sdk = SDKProbe(relays[0].url, sdk_key)
@@ -500,7 +504,7 @@ async def run_demo(args: argparse.Namespace, say: Any = print) -> Outcome:
         say(f"   {len(clients)} streams open; SDK initialized: {sdk.initialized}")
 
         say(f"5. {args.toggles} toggles of {TOGGLE_FLAG}: delay from the write request to ...")
-        say("   toggle  version   first stream    last stream  streams     LaunchDarkly SDK")
+        say("   toggle  state      first stream  last stream  streams    LaunchDarkly SDK")
         on = False
         for i in range(args.toggles):
             on = not on
@@ -577,6 +581,10 @@ async def run_demo(args: argparse.Namespace, say: Any = print) -> Outcome:
         say(f"   processes left running: {left or 'none'}")
         outcome.check(not left, f"processes left running: {left}")
         await _cleanup(bootstrap, topic, redis_url, redis_prefix, say)
+        if outcome.ok and sys.exc_info()[0] is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            say(f"   process logs kept in {workdir}")
     return outcome
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import aiohttp
@@ -245,10 +246,37 @@ class KafkaDriver:
             partition=partition_for(env, self.partitions),
         )
 
-    async def enqueue_flag(self, env: str, key: str, version: int, on: bool) -> Any:
-        """Queue one flag record without waiting for its ack (bulk fills); returns the
-        delivery future. The caller awaits the futures; nothing is recorded."""
-        return await self._send(env, "flag", key, self._envelope(env, key, version, on))
+    async def fill_flags(
+        self, env: str, count: int, progress: Callable[[int], None] | None = None
+    ) -> None:
+        """Write flags ``flag-0..flag-{count-1}`` (version 1) of ``env`` in large batches
+        (bulk fills for cold starts; much faster than one ``send`` per record). Returns
+        once every batch is acknowledged; nothing is recorded."""
+        partition = partition_for(env, self.partitions)
+        futures: list[Any] = []
+        batch = self._producer.create_batch()
+        in_batch = 0
+        for j in range(count):
+            key = flag_key(j)
+            self._versions[(env, key)] = 1
+            self._on[(env, key)] = False
+            rk = record_key(env, "flag", key)
+            value = self._envelope(env, key, 1, False)
+            if batch.append(key=rk, value=value, timestamp=None) is None:
+                futures.append(
+                    await self._producer.send_batch(batch, self.topic, partition=partition)
+                )
+                if progress is not None:
+                    progress(in_batch)
+                batch = self._producer.create_batch()
+                batch.append(key=rk, value=value, timestamp=None)
+                in_batch = 0
+            in_batch += 1
+        if in_batch:
+            futures.append(await self._producer.send_batch(batch, self.topic, partition=partition))
+            if progress is not None:
+                progress(in_batch)
+        await asyncio.gather(*futures)
 
     async def create_environment(self, env: str, flags: int) -> str:
         sdk_key = new_sdk_key()

@@ -1,8 +1,9 @@
 """Spawned services (``--spawn``): relays and a publisher as subprocesses on free ports.
 
 Each child runs ``python -m flagstream relay|publisher`` with its configuration in
-``FLAGSTREAM_*`` variables, output to a log file (shown on failure), and inherits this
-process's raised file-descriptor limit. ``Service.close`` sends SIGTERM, then SIGKILL.
+``FLAGSTREAM_*`` variables, output to a log file (its tail is shown on failure; the file is
+removed on close unless FLAGSTREAM_LOADTEST_KEEP_LOGS is set), and inherits this process's
+raised file-descriptor limit. ``Service.close`` sends SIGTERM, then SIGKILL.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class Service:
                 self.kill()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # stray workers
+        if not os.environ.get("FLAGSTREAM_LOADTEST_KEEP_LOGS"):
+            self.log_path.unlink(missing_ok=True)
 
 
 def _spawn(name: str, args: list[str], env: dict[str, str], url: str) -> Service:

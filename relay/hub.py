@@ -331,7 +331,10 @@ class Hub:
         transport.set_protocol(StreamProtocol(self, conn, None if self.detach else inner))
         if self.detach:
             # aiohttp's own connection_lost: it drops the connection from its server's set,
-            # cancels its timers, frees its parser, and will not write or close anything.
+            # cancels its timers and frees its parser. Its transport reference goes first,
+            # so it neither closes the transport nor writes anything more to it.
+            if hasattr(inner, "transport"):
+                inner.transport = None
             inner.connection_lost(None)
         _set_user_timeout(transport, self._user_timeout_ms)
         queued = conn.pending or ()

@@ -362,7 +362,7 @@ class Follower:
         metrics: RelayMetrics,
         *,
         fetch_timeout_ms: int = 200,
-        probe_interval: float = 1.0,
+        probe_interval: float | None = None,
         stale_after: float = 10.0,
         backoff_max: float = 5.0,
     ) -> None:
@@ -370,7 +370,10 @@ class Follower:
         self.state = state
         self.metrics = metrics
         self.fetch_timeout_ms = fetch_timeout_ms
-        self.probe_interval = probe_interval
+        # Probe often enough that a healthy idle source never looks stale.
+        self.probe_interval = (
+            probe_interval if probe_interval is not None else min(1.0, stale_after / 4)
+        )
         self.stale_after = stale_after
         self.backoff_max = backoff_max
         self._last_contact: float | None = None
@@ -405,20 +408,27 @@ class Follower:
     async def _run(self) -> None:
         backoff = 0.1
         while True:
+            failure: BaseException
             try:
                 await self._session()
-            except asyncio.CancelledError:
-                raise
+                continue  # a session only ends by raising
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise
+                # The Kafka client cancels its own futures when a connection dies; that
+                # must not end the follower.
+                failure = exc
             except Exception as exc:  # SourceUnavailable, or anything the client threw
-                self.connected = False
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("record source unavailable (%s); retrying", self.last_error)
-                with contextlib.suppress(Exception):
-                    await self.source.stop()
-                await asyncio.sleep(backoff)
-                backoff = min(self.backoff_max, backoff * 2)
-                continue
-            backoff = 0.1
+                failure = exc
+            self.connected = False
+            self.last_error = f"{type(failure).__name__}: {failure}"
+            log.warning("record source unavailable (%s); retrying", self.last_error)
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self.source.stop()
+            await asyncio.sleep(backoff)
+            # Reset the backoff once a session got data, else grow it.
+            backoff = 0.1 if not self.stale else min(self.backoff_max, backoff * 2)
 
     async def _session(self) -> None:
         """One connected period: start, bootstrap/tail until the source looks dead."""

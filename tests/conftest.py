@@ -11,12 +11,18 @@
   torn down afterwards. Their ``start``/``stop`` block: from async tests call them through
   ``await asyncio.to_thread(...)``.
 
-Tests that use any of these fixtures are marked ``integration`` automatically.
+Tests that use any of these fixtures are marked ``integration`` automatically. At the end
+of a session that used the shared stack, the topics and Redis keys whose names start with a
+``unique_name`` it handed out are deleted (best effort), so the long-lived shared broker does
+not accumulate thousands of test partitions.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +38,10 @@ from flagstream.stack.stack import Stack, resolve_config
 _STACK_FIXTURES = frozenset(
     {"kafka_bootstrap", "redis_url", "local_stack", "private_kafka", "private_redis"}
 )
+
+
+_issued_names: list[str] = []
+_shared_stack: list[Stack] = []
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -52,6 +62,7 @@ def local_stack() -> Stack:
         stack.up(timeout=240.0, say=_progress)
     except StackError as error:
         pytest.fail(f"local stack unavailable: {error}", pytrace=False)
+    _shared_stack.append(stack)
     return stack
 
 
@@ -67,7 +78,46 @@ def redis_url(local_stack: Stack) -> str:
 
 @pytest.fixture
 def unique_name() -> str:
-    return f"t-{uuid.uuid4().hex[:12]}"
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    _issued_names.append(name)
+    return name
+
+
+async def _delete_test_data(stack: Stack, prefixes: tuple[str, ...]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from redis.asyncio import Redis
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka.bootstrap, request_timeout_ms=10000)
+    await admin.start()
+    try:
+        topics = [t for t in await admin.list_topics() if t.startswith(prefixes)]
+        if topics:
+            await admin.delete_topics(topics)
+    finally:
+        await admin.close()
+    client = Redis.from_url(stack.redis.url)
+    try:
+        for prefix in prefixes:
+            keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+            if keys:
+                await client.unlink(*keys)
+    finally:
+        await client.aclose()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not _shared_stack or not _issued_names:
+        return
+    prefixes = tuple(_issued_names)
+
+    def clean() -> None:
+        # A fresh loop in a thread: the session's loop may be closed or still running.
+        with contextlib.suppress(Exception):
+            asyncio.run(asyncio.wait_for(_delete_test_data(_shared_stack[0], prefixes), 60))
+
+    worker = threading.Thread(target=clean, daemon=True)
+    worker.start()
+    worker.join(70)
 
 
 def _two_free_ports() -> tuple[int, int]:

@@ -12,7 +12,8 @@
 #   3. checkov   static security/compliance scan, downloads off (--skip-download); intentional
 #                deviations carry inline `#checkov:skip=ID:reason` comments.
 #   4. contract  tests/deploy/test_terraform_contract.py: parses the HCL (python-hcl2) and
-#                asserts the module contract (inputs, outputs, /readyz, drain alignment, ...).
+#                asserts the module contract (inputs, outputs, /readyz, drain alignment, ...);
+#                readme_tables.py --check: README input/output tables match the code.
 #
 # OpenTofu comes from the Go module proxy (the only registry for it we can reach): built once
 # with `go install` and cached in ~/.cache/flagstream/tools/tofu-<version>/. v1.6.3 is the
@@ -170,7 +171,8 @@ fi
 # --------------------------------------------------------------------------------------------
 log "module contract (tests/deploy/test_terraform_contract.py)"
 start=$SECONDS
-if "$PY" -m pytest -q -p no:cacheprovider -m unit "$REPO/tests/deploy/test_terraform_contract.py"; then
+if "$PY" -m pytest -q -p no:cacheprovider -m unit "$REPO/tests/deploy/test_terraform_contract.py" &&
+  "$PY" "$HERE/readme_tables.py" --check; then
   ok "contract" $((SECONDS - start))
 else
   ko "contract"

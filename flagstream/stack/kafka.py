@@ -135,6 +135,10 @@ class KafkaBroker:
     @property
     def pid(self) -> int | None:
         """PID of this directory's running broker, or None."""
+        if self._proc is not None and self._proc.poll() is None:
+            # Our own unreaped child: its PID cannot have been reused, no marker check needed
+            # (and /proc/<pid>/cmdline can be briefly empty while the launcher execs).
+            return self._proc.pid
         pid = process.read_pid(self.pidfile)
         return pid if process.is_running(pid, self._markers) else None
 
@@ -157,14 +161,14 @@ class KafkaBroker:
         """Controlled shutdown (SIGTERM); SIGKILL if still alive after ``timeout`` seconds."""
         pid = self.pid
         if pid is not None:
-            process.terminate(pid, self._markers, timeout=timeout, proc=self._proc)
+            process.terminate(pid, self._markers_for(pid), timeout=timeout, proc=self._proc)
         self._forget()
 
     def kill(self) -> None:
         """Crash the broker (SIGKILL), as a power loss would."""
         pid = self.pid
         if pid is not None:
-            process.kill(pid, self._markers, proc=self._proc)
+            process.kill(pid, self._markers_for(pid), proc=self._proc)
         self._forget()
 
     def restart(self, timeout: float = 120.0) -> None:
@@ -174,8 +178,6 @@ class KafkaBroker:
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not kafka_probe.is_ready(HOST, self.port):
-            if self._proc is not None:
-                self._proc.poll()
             if not self.is_running():
                 raise StackError(
                     f"Kafka exited during start-up; see {self.log_path} and {self.stdout_path}: "
@@ -189,6 +191,10 @@ class KafkaBroker:
             time.sleep(0.2)
 
     # --- internals -------------------------------------------------------------------------
+    def _markers_for(self, pid: int) -> tuple[str, ...]:
+        own_child = self._proc is not None and self._proc.pid == pid
+        return () if own_child else self._markers
+
     def _forget(self) -> None:
         self.pidfile.unlink(missing_ok=True)
         self._proc = None

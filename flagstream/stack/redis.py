@@ -95,13 +95,21 @@ class RedisServer:
 
     @property
     def _markers(self) -> tuple[str, ...]:
-        # redis replaces its process title with "redis-server 127.0.0.1:PORT".
+        # Once started, redis replaces its process title with "…redis-server 127.0.0.1:PORT".
         return ("redis-server", f"{HOST}:{self.port}")
+
+    @property
+    def _early_markers(self) -> tuple[str, ...]:
+        # Before that (it writes the pidfile first) the command line is still ours.
+        return ("redis-server", str(self.config_path))
 
     @property
     def pid(self) -> int | None:
         pid = process.read_pid(self.pidfile)
-        return pid if process.is_running(pid, self._markers) else None
+        for markers in (self._markers, self._early_markers):
+            if process.is_running(pid, markers):
+                return pid
+        return None
 
     def is_running(self) -> bool:
         return self.pid is not None
@@ -127,13 +135,13 @@ class RedisServer:
     def stop(self, timeout: float = 15.0) -> None:
         pid = self.pid
         if pid is not None:
-            process.terminate(pid, self._markers, timeout=timeout)
+            process.terminate(pid, ("redis-server",), timeout=timeout)
         self.pidfile.unlink(missing_ok=True)
 
     def kill(self) -> None:
         pid = self.pid
         if pid is not None:
-            process.kill(pid, self._markers)
+            process.kill(pid, ("redis-server",))
         self.pidfile.unlink(missing_ok=True)
 
     def restart(self, timeout: float = 30.0) -> None:

@@ -9,12 +9,11 @@ relay's memory when ready, and the fill rate. Topics are deleted afterwards. Nee
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 from typing import Any
 
 from loadtest import plots
-from loadtest.driver import DriverError, KafkaDriver, flag_key
+from loadtest.driver import DriverError, KafkaDriver
 from loadtest.procs import wait_ready
 from loadtest.progress import Progress
 from loadtest.report import Result, Table
@@ -57,16 +56,11 @@ async def _fill(ctx: Context, topic: str, size: int, envs: int, counter: list[in
         for i, n in enumerate(per_env):
             env = f"lt-cold-{i}"
             await driver.create_environment(env, 0)
-            pending: list[Any] = []
-            for j in range(n):
-                key = flag_key(j)
-                pending.append(await driver.enqueue_flag(env, key, 1, False))
-                if len(pending) >= 5000:
-                    await asyncio.gather(*pending)
-                    counter[0] += len(pending)
-                    pending = []
-            await asyncio.gather(*pending)
-            counter[0] += len(pending)
+
+            def advance(k: int) -> None:
+                counter[0] += k
+
+            await driver.fill_flags(env, n, advance)
     finally:
         await driver.stop()
     return time.perf_counter() - t0

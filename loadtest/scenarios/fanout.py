@@ -37,6 +37,8 @@ def _row(name: str, s: dict[str, Any], floor: float | None = None) -> list[str]:
     row = [name] + [fmt_ms(s[k]) for k in ("p50", "p90", "p99", "max")]
     if floor:
         row.append(f"{s['p50'] / floor:.1f}x" if not math.isnan(s["p50"]) else "-")
+    else:
+        row.append("")
     return row
 
 
@@ -139,9 +141,7 @@ async def run(ctx: Context) -> Result:
             "last_over_floor_p50": (float(s_last["p50"]) / floor_p50) if floor_p50 else None,
             "spread_over_floor_p50": (float(s_spread["p50"]) / floor_p50) if floor_p50 else None,
         }
-        headers = ["delay from the write", "p50", "p90", "p99", "max"]
-        if floor_p50:
-            headers.append("p50 / floor")
+        headers = ["delay from the write", "p50", "p90", "p99", "max", "p50 / floor"]
         rows = [
             _row("first stream", s_first, floor_p50),
             _row("last stream", s_last, floor_p50),

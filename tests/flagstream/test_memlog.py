@@ -171,3 +171,62 @@ async def test_relay_follower_bootstraps_and_tails_from_the_memory_log() -> None
         assert environment.offset == 1
     finally:
         await follower.stop()
+
+
+async def test_relay_app_serves_records_of_the_memory_producer() -> None:
+    """The seam the relay integration tests can be parametrized over (memory_backends)."""
+    import aiohttp
+    from aiohttp.test_utils import TestServer
+    from memory_backends import MemoryProducer
+
+    from protocol.environment import CredentialHash, EnvironmentRecord, hash_secret
+    from relay.app import STATE_KEY, build_app
+    from relay.config import RelaySettings
+
+    key = "sdk-11111111-2222-3333-4444-555555555555"
+    record = EnvironmentRecord(
+        key="prod",
+        name="prod",
+        version=1,
+        sdk_keys=(CredentialHash(hash_secret(key), None),),
+        mobile_keys=(),
+        client_side_id="0123456789abcdef01234567",
+    )
+    log = MemoryLog(partitions=3)
+    async with MemoryProducer(log) as producer:
+        await producer.send(
+            Envelope(
+                kind="env",
+                env="prod",
+                key="prod",
+                version=1,
+                published_ms=1,
+                actor="t",
+                item=record.to_json(),
+            )
+        )
+        partition, offset = await producer.send(
+            Envelope(
+                kind="flag",
+                env="prod",
+                key="f",
+                version=3,
+                published_ms=1,
+                actor="t",
+                item=b'{"key":"f","version":3,"on":true}',
+            )
+        )
+    assert (partition, offset) == (partition_for("prod", 3), 1)
+    app = build_app(RelaySettings(workers=1), log.source())
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        await asyncio.wait_for(app[STATE_KEY].ready_event.wait(), 10)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(server.make_url("/sdk/latest-all"), headers={"Authorization": key}) as r,
+        ):
+            assert r.status == 200
+            assert (await r.json())["flags"]["f"]["version"] == 3
+    finally:
+        await server.close()

@@ -83,16 +83,22 @@ class TinySSEServer:
                 self.writers.remove(writer)
             writer.close()
 
-    def broadcast(self) -> int:
-        """Bump flag-0's version and send the patch to every open stream; return version."""
+    def broadcast(self, *, split: bool = True) -> int:
+        """Bump flag-0's version and send the patch to every open stream; return version.
+
+        ``split`` writes each frame as two chunks (reassembly across reads); otherwise as
+        one chunk, as the relay does (the swarm's parse cache then applies)."""
         self.version += 1
         self.offset += 1
         data = json.dumps({"path": "/flags/flag-0", "data": self._flag()}).encode()
         # split the frame in two writes to exercise reassembly across reads
         frame = encode_event(data, event="patch", id=f"e:{self.offset}")
         for w in self.writers:
-            w.write(self._frame(frame[:7]))
-            w.write(self._frame(frame[7:]))
+            if split:
+                w.write(self._frame(frame[:7]))
+                w.write(self._frame(frame[7:]))
+            else:
+                w.write(self._frame(frame))
         return self.version
 
     def drop_all(self) -> None:

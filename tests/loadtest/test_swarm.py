@@ -46,6 +46,23 @@ async def test_every_stream_gets_put_and_every_patch(sse_server: TinySSEServer) 
     assert swarm.open_count == 0
 
 
+async def test_identical_frames_are_parsed_once(sse_server: TinySSEServer) -> None:
+    swarm, rec = await _open(sse_server)
+    try:
+        for _ in range(3):
+            now = time.perf_counter()
+            version = sse_server.broadcast(split=False)
+            rec.accepted("env", "flag-0", version, sent=now, accepted=now)
+            assert await swarm.wait_deliveries(len(rec.receipt_time) + N, 10)
+        assert all(c.receivers == N for c in rec.changes())
+        assert {c.last_event_id for c in swarm.clients} == {"e:3"}
+        assert {c.parser.last_event_id for c in swarm.clients} == {"e:3"}
+        if sse_server.framing == "chunked":  # one chunk = one read: the cache applies
+            assert swarm.parse_cache_hits > 0
+    finally:
+        await swarm.close()
+
+
 async def test_lagging_stream_is_counted(sse_server: TinySSEServer) -> None:
     swarm, rec = await _open(sse_server)
     try:

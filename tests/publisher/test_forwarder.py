@@ -99,7 +99,7 @@ async def test_two_instances_one_forwarder_every_write_acknowledged_once(
         statuses = []
         for i in range(6):
             api = (a, b)[i % 2]
-            status, body, _ = await api.call(
+            status, _, _ = await api.call(
                 "PUT", f"{ENV}/prod/flags/f1", {**FLAG, "salt": str(i)}
             )
             statuses.append(status)

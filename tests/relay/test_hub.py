@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
+import pytest
 from aiohttp import web
 
 from loadtest.httpreader import HTTPReaderError, ResponseReader
@@ -143,11 +144,18 @@ def sample(metrics: RelayMetrics, name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
+@pytest.fixture(params=[False, True], ids=["attached", "detached"])
+def detach(request: pytest.FixtureRequest) -> bool:
+    """Every hub test runs with streams attached to aiohttp and detached from it."""
+    return bool(request.param)
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @asynccontextmanager
 async def running_hub(
+    detach: bool,
     before_stream: Callable[[Hub, web.Request], None] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[tuple[Hub, RelayMetrics, int]]:
@@ -155,6 +163,7 @@ async def running_hub(
     settings = RelaySettings(**{"heartbeat_interval": 60.0, **overrides})
     metrics = RelayMetrics()
     hub = Hub(settings, metrics)
+    hub.detach = detach
 
     async def stream(request: web.Request) -> web.StreamResponse:
         if not hub.can_accept():
@@ -190,8 +199,8 @@ async def wait_for(predicate: Callable[[], bool], within: float = 5.0) -> None:
             await asyncio.sleep(0.01)
 
 
-async def test_change_reaches_every_stream_once_encoded() -> None:
-    async with running_hub() as (hub, metrics, port):
+async def test_change_reaches_every_stream_once_encoded(detach: bool) -> None:
+    async with running_hub(detach) as (hub, metrics, port):
         clients = [await StreamClient.open(port) for _ in range(5)]
         legacy = await StreamClient.open(port, "/flags")
         http10 = await StreamClient.open(port, http10=True)
@@ -229,12 +238,12 @@ async def test_change_reaches_every_stream_once_encoded() -> None:
             c.close()
 
 
-async def test_changes_in_the_initial_payload_are_not_resent() -> None:
+async def test_changes_in_the_initial_payload_are_not_resent(detach: bool) -> None:
     def publish_then_register(hub: Hub, request: web.Request) -> None:
         # Applied (and pending) before this stream's snapshot at offset 20.
         hub.publish(change("old", 1, offset=20))
 
-    async with running_hub(publish_then_register) as (hub, _, port):
+    async with running_hub(detach, publish_then_register) as (hub, _, port):
         c = await StreamClient.open(port, "/all?start=20")
         assert await c.head() == 200
         await wait_for(lambda: hub.connection_count() == 1)
@@ -245,8 +254,8 @@ async def test_changes_in_the_initial_payload_are_not_resent() -> None:
         c.close()
 
 
-async def test_coalescing_keeps_the_final_version() -> None:
-    async with running_hub() as (hub, metrics, port):
+async def test_coalescing_keeps_the_final_version(detach: bool) -> None:
+    async with running_hub(detach) as (hub, metrics, port):
         c = await StreamClient.open(port)
         assert await c.head() == 200
         await wait_for(lambda: hub.connection_count() == 1)
@@ -260,9 +269,11 @@ async def test_coalescing_keeps_the_final_version() -> None:
         c.close()
 
 
-async def test_coalescing_while_a_round_is_writing_never_drops_the_final_version() -> None:
+async def test_coalescing_while_a_round_is_writing_never_drops_the_final_version(
+    detach: bool,
+) -> None:
     rng = random.Random(7)
-    async with running_hub() as (hub, _, port):
+    async with running_hub(detach) as (hub, _, port):
         hub.slice_writes = 3  # a round spans many loop ticks
         clients = [await StreamClient.open(port) for _ in range(12)]
         for c in clients:
@@ -290,9 +301,9 @@ async def test_coalescing_while_a_round_is_writing_never_drops_the_final_version
             c.close()
 
 
-async def test_a_client_that_stops_reading_is_evicted_and_stays_bounded() -> None:
+async def test_a_client_that_stops_reading_is_evicted_and_stays_bounded(detach: bool) -> None:
     limit = 64 * 1024
-    async with running_hub(max_buffer_bytes=limit) as (hub, metrics, port):
+    async with running_hub(detach, max_buffer_bytes=limit) as (hub, metrics, port):
         reader = await StreamClient.open(port)
         stalled = await StreamClient.open(port, rcvbuf=4096)
         for c in (reader, stalled):
@@ -331,8 +342,8 @@ async def test_a_client_that_stops_reading_is_evicted_and_stays_bounded() -> Non
         stalled.close()
 
 
-async def test_connection_limit_answers_503_and_existing_streams_keep_working() -> None:
-    async with running_hub(max_connections=2) as (hub, _, port):
+async def test_connection_limit_answers_503_and_existing_streams_keep_working(detach: bool) -> None:
+    async with running_hub(detach, max_connections=2) as (hub, _, port):
         a = await StreamClient.open(port)
         b = await StreamClient.open(port)
         for c in (a, b):
@@ -351,16 +362,16 @@ async def test_connection_limit_answers_503_and_existing_streams_keep_working() 
             c.close()
 
 
-async def test_serve_stream_itself_refuses_when_full() -> None:
-    async with running_hub(lambda h, r: setattr(h, "_max_connections", 0)) as (_, _, port):
+async def test_serve_stream_itself_refuses_when_full(detach: bool) -> None:
+    async with running_hub(detach, lambda h, r: setattr(h, "_max_connections", 0)) as (_, _, port):
         c = await StreamClient.open(port)
         assert await c.head() == 503
         assert c.http.headers.get("retry-after") is not None
         c.close()
 
 
-async def test_a_vanished_client_is_released() -> None:
-    async with running_hub() as (hub, metrics, port):
+async def test_a_vanished_client_is_released(detach: bool) -> None:
+    async with running_hub(detach) as (hub, metrics, port):
         c = await StreamClient.open(port)
         assert await c.head() == 200
         await wait_for(lambda: hub.connection_count() == 1)
@@ -370,8 +381,8 @@ async def test_a_vanished_client_is_released() -> None:
         assert sample(metrics, "connections") == 0
 
 
-async def test_heartbeats_arrive_on_an_idle_stream() -> None:
-    async with running_hub(heartbeat_interval=0.1) as (_, _, port):
+async def test_heartbeats_arrive_on_an_idle_stream(detach: bool) -> None:
+    async with running_hub(detach, heartbeat_interval=0.1) as (_, _, port):
         c = await StreamClient.open(port)
         assert await c.head() == 200
         items = await c.until(lambda i: sum(isinstance(x, SSEComment) for x in i) >= 3)
@@ -379,8 +390,8 @@ async def test_heartbeats_arrive_on_an_idle_stream() -> None:
         c.close()
 
 
-async def test_max_lifetime_closes_streams_cleanly() -> None:
-    async with running_hub(max_connection_lifetime=0.3, lifetime_jitter=0.5) as (
+async def test_max_lifetime_closes_streams_cleanly(detach: bool) -> None:
+    async with running_hub(detach, max_connection_lifetime=0.3, lifetime_jitter=0.5) as (
         hub,
         metrics,
         port,
@@ -395,8 +406,8 @@ async def test_max_lifetime_closes_streams_cleanly() -> None:
         assert hub.connection_count() == 0
 
 
-async def test_drain_closes_every_stream_within_the_window() -> None:
-    async with running_hub() as (hub, metrics, port):
+async def test_drain_closes_every_stream_within_the_window(detach: bool) -> None:
+    async with running_hub(detach) as (hub, metrics, port):
         clients = [await StreamClient.open(port) for _ in range(20)]
         for c in clients:
             assert await c.head() == 200
@@ -416,8 +427,8 @@ async def test_drain_closes_every_stream_within_the_window() -> None:
         assert sample(metrics, "connections_closed_total", reason="drain") == 20
 
 
-async def test_fanout_delay_is_observed_per_change() -> None:
-    async with running_hub() as (hub, metrics, port):
+async def test_fanout_delay_is_observed_per_change(detach: bool) -> None:
+    async with running_hub(detach) as (hub, metrics, port):
         c = await StreamClient.open(port)
         assert await c.head() == 200
         await wait_for(lambda: hub.connection_count() == 1)

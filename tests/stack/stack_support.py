@@ -26,11 +26,11 @@ def idempotent_producer(bootstrap: str) -> AIOKafkaProducer:
 
 
 async def read_all(
-    bootstrap: str, topic: str, partitions: int, expected: int, timeout: float = 60.0
+    bootstrap: str, topic: str, partitions: int, expected: int, within: float = 60.0
 ) -> list[tuple[int, int, bytes, bytes]]:
     """``(partition, offset, key, value)`` of records read from the beginning of every
     partition by manual assignment (no consumer group) until ``expected`` were read or
-    ``timeout`` passed (then returns what it has)."""
+    ``within`` seconds passed (then returns what it has)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -43,7 +43,7 @@ async def read_all(
         consumer.assign(assigned)
         await consumer.seek_to_beginning(*assigned)
         records: list[tuple[int, int, bytes, bytes]] = []
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while len(records) < expected and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500)
             for tp, messages in batch.items():

@@ -67,7 +67,7 @@ async def test_compaction_keeps_the_latest_value_per_key(
             await asyncio.sleep(0.3)
             await producer.send_and_wait(topic, b"tick", key=b"tick")
             end = (await end_offsets(kafka_bootstrap, topic, 1))[0]
-            records = await read_all(kafka_bootstrap, topic, 1, expected=end, timeout=5)
+            records = await read_all(kafka_bootstrap, topic, 1, expected=end, within=5)
             if len(records) < end or time.monotonic() > deadline:
                 break
     finally:

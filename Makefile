@@ -1,0 +1,69 @@
+# flagstream developer entry points. `make test` is THE test command (README, .ci/run).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# Re-install only when pyproject.toml changed since the last successful install.
+STAMP := $(VENV)/.flagstream-installed
+PYTEST_ARGS ?=
+
+.PHONY: help venv stack-up stack-down stack-status lint format typecheck tf-check test run
+
+help:
+	@echo "make run           run flagstream (embedded mode: publisher + relay, no services)"
+	@echo "make test          venv + local stack + lint + typecheck + tf-check + all tests"
+	@echo "make venv          create .venv and install the project with its dev extras"
+	@echo "make stack-up      start the local Kafka + Redis (reuses a running one)"
+	@echo "make stack-down    stop them"
+	@echo "make stack-status  show what runs where"
+	@echo "make lint | format | typecheck | tf-check"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@if [ ! -x $(BIN)/python ]; then \
+		echo "creating $(VENV) with $(PYTHON)"; \
+		$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+			|| { echo "error: Python >= 3.11 needed (found $(PYTHON)); install python3.11" >&2; exit 1; }; \
+		$(PYTHON) -m venv $(VENV); \
+	fi
+	@echo "installing flagstream[dev] into $(VENV)"
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+stack-up: venv
+	@$(BIN)/flagstream stack up
+
+stack-down: venv
+	@$(BIN)/flagstream stack down
+
+stack-status: venv
+	@$(BIN)/flagstream stack status
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff format .
+
+typecheck: venv
+	$(BIN)/mypy
+
+tf-check:
+	@if [ -f deploy/terraform/check.sh ]; then \
+		bash deploy/terraform/check.sh; \
+	else \
+		echo "tf-check: deploy/terraform/check.sh not present, skipped"; \
+	fi
+
+test: venv stack-up lint typecheck tf-check
+	$(BIN)/coverage erase
+	$(BIN)/coverage run -m pytest $(PYTEST_ARGS)
+	$(BIN)/coverage report --include='protocol/*' --fail-under=100
+
+run: venv
+	$(BIN)/flagstream dev

@@ -1,0 +1,63 @@
+"""flagstream.logs: one JSON object per line, extras kept, handlers not duplicated."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from flagstream.logs import JsonFormatter, configure_logging
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_json_lines_with_extras_and_exception(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO")
+    log = logging.getLogger("flagstream.test")
+    log.debug("hidden")
+    log.info("hello %s", "world", extra={"env": "prod", "count": 3})
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("failed")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2
+    first, second = (json.loads(line) for line in lines)
+    assert first["msg"] == "hello world" and first["level"] == "INFO"
+    assert first["logger"] == "flagstream.test"
+    assert (first["env"], first["count"]) == ("prod", 3)
+    assert first["ts"].endswith("+00:00")
+    assert second["level"] == "ERROR" and "ValueError: boom" in second["exc"]
+
+
+def test_reconfiguring_replaces_our_handler(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO")
+    configure_logging("WARNING", json=False)
+    log = logging.getLogger("flagstream.test")
+    log.info("dropped")
+    log.warning("plain %d", 1)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].endswith("WARNING flagstream.test: plain 1")
+
+
+def test_unknown_level_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="unknown log level 'LOUD'"):
+        configure_logging("LOUD")
+
+
+def test_non_json_extras_are_stringified() -> None:
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
+    record.obj = object()
+    assert json.loads(JsonFormatter().format(record))["obj"].startswith("<object object")
