@@ -15,6 +15,7 @@ Requires only aiohttp (a flagstream dependency).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -53,8 +54,11 @@ def build_app(relay: str, sdk_key: str) -> web.Application:
                     response.headers[name] = upstream.headers[name]
             await response.prepare(request)
             # Forward bytes as they arrive: SSE frames must not wait for a buffer to fill.
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
+            # Either side may go away at any time: the browser (page closed) or the relay
+            # (restart); the browser's EventSource reconnects with Last-Event-ID by itself.
+            with contextlib.suppress(ConnectionResetError, aiohttp.ClientError):
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
             return response
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -39,6 +39,10 @@ class Service:
     command: str  # how the service is started, for the section's intro
     settings: str  # "module:Class"
     intro: str
+    # Where the command-line flags are declared: "module:build_parser" (a function returning
+    # the argparse parser, whose option dests are field names) or "module:TABLE" (a tuple of
+    # (flag, field, ...) rows).
+    flags: str | None = None
     # Defaults computed at start (default_factory) cannot be rendered from the code without
     # making the document machine-dependent; say what they are instead.
     computed_defaults: tuple[tuple[str, str], ...] = ()
@@ -50,12 +54,14 @@ SERVICES: tuple[Service, ...] = (
         command="flagstream publisher",
         settings="publisher.config:PublisherSettings",
         intro="The admin API, the Redis system of record and the outbox forwarder to Kafka.",
+        flags="publisher.cli:_FLAGS",
     ),
     Service(
         title="Relay",
         command="flagstream relay",
         settings="relay.config:RelaySettings",
         intro="Reads every partition of the topic and serves SDK streams and polling.",
+        flags="relay.cli:build_parser",
         computed_defaults=(("workers", "number of CPUs"),),
     ),
 )
@@ -68,13 +74,16 @@ HEADER = """\
      A test fails when this file differs from what the code renders. -->
 
 Every service reads its settings from environment variables and from command-line flags
-(flags win), validates all of them once at start, and exits with code 2 and one line per bad
-value when something is wrong. Names shared by the publisher and the relays
-(`FLAGSTREAM_KAFKA_BOOTSTRAP`, `FLAGSTREAM_TOPIC`, …) carry no service prefix, so one
-environment file can configure both. Variable names are case-insensitive.
+(flags win; the *flag* column shows where a setting has one), validates all of them once at
+start, and exits with code 2 and one line per bad value when something is wrong. Names
+shared by the publisher and the relays (`FLAGSTREAM_KAFKA_BOOTSTRAP`, `FLAGSTREAM_TOPIC`, …)
+carry no service prefix, so one environment file can configure both. Variable names are
+case-insensitive.
 
-`flagstream dev` (the embedded mode) takes only `--host`, `--port` and
-`FLAGSTREAM_ADMIN_TOKEN`; it needs neither Kafka nor Redis. See
+`flagstream dev` (the embedded mode) takes `--host`, `--port` and `--log-level`, uses
+`FLAGSTREAM_ADMIN_TOKEN` if set (else it generates a token), and honours the relay's and the
+publisher's other variables below where they apply in memory (e.g.
+`FLAGSTREAM_RELAY_HEARTBEAT_INTERVAL`); it ignores the Kafka and Redis settings. See
 [operations.md](operations.md) for what the settings mean in production.
 """
 
@@ -93,6 +102,12 @@ def _env_names(name: str, field: FieldInfo, prefix: str) -> list[str]:
     if field.alias:
         return [field.alias.upper()]
     return [(prefix + name).upper()]
+
+
+def env_names(cls: type[BaseSettings], field_name: str) -> list[str]:
+    """The environment variable(s) that set ``field_name`` of ``cls``."""
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    return _env_names(field_name, cls.model_fields[field_name], prefix)
 
 
 def _type_name(annotation: Any) -> str:
@@ -153,9 +168,30 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _resolve(spec: str) -> Any:
+    module_name, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module_name), name)
+
+
+def flag_names(spec: str | None) -> dict[str, str]:
+    """Field name -> command-line flag, from the service's own parser or flag table."""
+    if spec is None:
+        return {}
+    target = _resolve(spec)
+    if callable(target):
+        parser = target()
+        if not isinstance(parser, argparse.ArgumentParser):
+            raise TypeError(f"{spec} did not return an argparse.ArgumentParser")
+        return {
+            action.dest: action.option_strings[-1]
+            for action in parser._actions
+            if action.option_strings and action.dest != "help"
+        }
+    return {str(row[1]): str(row[0]) for row in target}
+
+
 def _load(spec: str) -> type[BaseSettings]:
-    module_name, _, class_name = spec.partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
+    cls = _resolve(spec)
     if not (isinstance(cls, type) and issubclass(cls, BaseSettings)):
         raise TypeError(f"{spec} is not a pydantic-settings class")
     return cls
@@ -165,13 +201,14 @@ def render_service(service: Service) -> str:
     cls = _load(service.settings)
     prefix = str(cls.model_config.get("env_prefix", ""))
     computed = dict(service.computed_defaults)
+    flags = flag_names(service.flags)
     lines = [
         f"## {service.title}",
         "",
         f"{service.intro} Started with `{service.command}`; class `{service.settings}`.",
         "",
-        "| variable | type | default | range | meaning |",
-        "|---|---|---|---|---|",
+        "| variable | flag | type | default | range | meaning |",
+        "|---|---|---|---|---|---|",
     ]
     for name, field in cls.model_fields.items():
         env = "<br>".join(f"`{n}`" for n in _env_names(name, field, prefix))
@@ -180,6 +217,7 @@ def render_service(service: Service) -> str:
             + " | ".join(
                 [
                     env,
+                    f"`{flags[name]}`" if name in flags else "",
                     _cell(_type_name(field.annotation)),
                     _cell(_default(name, field, computed)),
                     _cell(_range(field)),

@@ -674,8 +674,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     def say(line: str) -> None:
         print(line, flush=True)
 
+    async def run() -> Outcome:
+        # SIGTERM stops the demo like Ctrl-C does: the run's cleanup still stops everything.
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await run_demo(args, say)
+
     try:
-        outcome = asyncio.run(run_demo(args, say))
+        outcome = asyncio.run(run())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("flagstream demo: interrupted; everything it started was stopped", file=sys.stderr)
+        return 130
     except StackError as exc:
         print(f"flagstream demo: the local stack could not start: {exc}", file=sys.stderr)
         return 1

@@ -280,7 +280,7 @@ class DevServer:
     host: str
     port: int
     admin_token: str
-    sdk_key: str | None  # None when started with seed=False
+    sdk_key: str | None  # None when started with seed_demo=False
     log: MemoryLog
     store: MemoryStore
     app: web.Application
@@ -454,11 +454,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _format_validation(exc: ValidationError) -> list[str]:
+    """One line per bad field, named by the environment variable that set it."""
+    from flagstream.configdoc import env_names
+
+    classes: dict[str, type[Any]] = {
+        "RelaySettings": RelaySettings,
+        "PublisherSettings": PublisherSettings,
+    }
+    cls = classes.get(exc.title)
     lines = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "settings"
+        if cls is not None and where in cls.model_fields:
+            where = " / ".join(env_names(cls, where))
         message = str(err["msg"]).removeprefix("Value error, ")
-        lines.append(f"flagstream dev: invalid setting {where}: {message}")
+        lines.append(f"flagstream dev: invalid {where}: {message}")
     return lines
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 __all__ = [
     "LimitError",
+    "cpu_seconds",
     "machine_facts",
     "pid_tree",
     "raise_nofile_limit",
@@ -107,6 +108,20 @@ def pid_tree(pid: int) -> list[int]:
         out.append(p)
         todo.extend(children.get(p, []))
     return out
+
+
+def cpu_seconds(pid: int, *, tree: bool = True) -> float:
+    """User + system CPU time consumed so far by ``pid`` (and its descendants), from
+    /proc/*/stat. Diff two readings to get a process's CPU share over an interval."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in pid_tree(pid) if tree else [pid]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / ticks
 
 
 def rss_bytes(pid: int, *, tree: bool = True) -> int:

@@ -99,7 +99,7 @@ class Forwarder:
         self._metrics.forwarder_leader.set(0)
         if self._log_started:
             with contextlib.suppress(Exception):
-                await self._log.stop()
+                await asyncio.wait_for(self._log.stop(), 15.0)
             self._log_started = False
 
     @property

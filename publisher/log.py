@@ -148,9 +148,14 @@ class KafkaRecordLog:
         self._broken = False
 
     async def stop(self) -> None:
+        """Stop the producer; bounded, as the broker may be down (unsent records stay in the
+        outbox and are sent again by the next forwarder)."""
         producer, self._producer = self._producer, None
         if producer is not None:
-            await producer.stop()
+            try:
+                await asyncio.wait_for(producer.stop(), self._request_timeout_ms / 1000)
+            except TimeoutError:
+                _log.warning("Kafka producer did not stop in time; abandoning it")
 
     async def partitions(self) -> int:
         if self._partitions is None:

@@ -13,7 +13,10 @@ Resumption rules (DESIGN.md §4), decided here for every stream request, in this
      nothing) and no ``put``;
    - otherwise the request is held until the relay has consumed X (at most
      ``catchup_wait`` seconds), then as above; still behind -> 503 + Retry-After. Older
-     state than the client has is never sent.
+     state than the client has is never sent. Exception: if Kafka (reached recently, so
+     the relay is not stale) has no offset X at all, the position cannot exist in this log
+     (offsets rewound by an unclean failover, or a forged id) and the client gets a full
+     ``put`` instead of being refused forever.
 3. Anything else (no id, malformed id, other epoch) -> a full ``put``.
 The initial bytes are computed and handed to ``Hub.serve_stream`` with no ``await`` in
 between, so no change can fall between the snapshot and the registration.
@@ -129,14 +132,24 @@ class RelayHandlers:
                 retry_after=self.settings.retry_after,
             )
         last = parse_position(request.headers.get("Last-Event-ID"))
-        if last is not None and last.epoch == state.epoch:
-            if state.consumed(environment.partition) < last.offset:
-                # The client saw a relay further ahead: wait for this one to catch up.
-                self.metrics.catchup_holds_total.inc()
-                caught_up = await state.wait_consumed(
-                    environment.partition, last.offset, self.settings.catchup_wait
-                )
-                if not caught_up or state.epoch != last.epoch:
+        resume = last is not None and last.epoch == state.epoch
+        if resume and last is not None and state.consumed(environment.partition) < last.offset:
+            # The client saw a relay further ahead: wait for this one to catch up.
+            self.metrics.catchup_holds_total.inc()
+            caught_up = await state.wait_consumed(
+                environment.partition, last.offset, self.settings.catchup_wait
+            )
+            current = state.environments.get(environment.key)
+            if current is None or state.epoch != last.epoch:  # state rebuilt meanwhile
+                return self._not_ready()
+            environment = current
+            if not caught_up:
+                if self._beyond_the_log(environment.partition, last.offset):
+                    # Kafka itself has no such offset (e.g. offsets were rewound after an
+                    # unclean failover): waiting cannot help, the client needs a full put.
+                    log.info("Last-Event-ID beyond the log's end; sending a full put")
+                    resume = False
+                else:
                     self.metrics.connections_rejected_total.labels(reason="behind").inc()
                     return problem(
                         503,
@@ -144,10 +157,15 @@ class RelayHandlers:
                         "this relay has not yet reached the client's stream position",
                         retry_after=self.settings.retry_after,
                     )
-                current = state.environments.get(environment.key)
-                if current is None:  # state rebuilt meanwhile
-                    return self._not_ready()
-                environment = current
+            if not self.hub.can_accept():  # the hub may have filled up or started draining
+                self.metrics.connections_rejected_total.labels(reason="full").inc()
+                return problem(
+                    503,
+                    "Service Unavailable",
+                    "this relay accepts no more streams right now; retry shortly",
+                    retry_after=self.settings.retry_after,
+                )
+        if resume and last is not None:
             initial = catchup_events(environment.changes_after(last.offset), stream, last.epoch)
             self.metrics.resumptions_total.inc()
         else:
@@ -162,6 +180,13 @@ class RelayHandlers:
             start_offset=environment.offset,
         )
         return response
+
+    def _beyond_the_log(self, partition: int, offset: int) -> bool:
+        """True if Kafka, recently reached, has no record at ``offset`` in ``partition``."""
+        if self.follower.stale:
+            return False  # our view of the log's end may be old: keep refusing, not rewinding
+        high = self.state.high_watermarks.get(partition)
+        return high is not None and offset >= high
 
     # --- polling ------------------------------------------------------------------------
 
@@ -187,6 +212,13 @@ class RelayHandlers:
         return web.json_response({"status": "alive"})
 
     async def readyz(self, request: web.Request) -> web.Response:
+        if getattr(self.hub, "draining", False):
+            # Load balancers stop routing here while the streams are being drained.
+            return web.json_response(
+                {"status": "draining"},
+                status=503,
+                headers={"Retry-After": str(self.settings.retry_after)},
+            )
         if self.state.ready:
             return web.json_response({"status": "ready"})
         return web.json_response(
@@ -291,8 +323,9 @@ def build_app(
     app[STATE_KEY] = state
     app[FOLLOWER_KEY] = follower
     app[HUB_KEY] = hub
-    app.router.add_get("/all", handlers.stream_all)
-    app.router.add_get("/flags", handlers.stream_flags)
+    # Streams answer GET only: a HEAD must not register a stream with the hub.
+    app.router.add_get("/all", handlers.stream_all, allow_head=False)
+    app.router.add_get("/flags", handlers.stream_flags, allow_head=False)
     app.router.add_get("/sdk/latest-all", handlers.latest_all)
     app.router.add_get("/status", handlers.status)
     app.router.add_get("/livez", handlers.livez)

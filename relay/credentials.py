@@ -17,21 +17,18 @@ import time
 from protocol.environment import EnvironmentRecord, hash_secret
 from protocol.errors import ValidationError
 
-# Header prefixes some clients put before the key; LaunchDarkly SDKs send the bare key.
-_PREFIXES = ("bearer ", "api_key ")
+# Schemes some clients put before the key; LaunchDarkly SDKs send the bare key.
+_SCHEMES = frozenset({"bearer", "api_key"})
 
 
 def sdk_key_from_header(value: str | None) -> str | None:
     """The SDK key of an ``Authorization`` header (bare key, ``Bearer`` tolerated)."""
-    if not value:
+    parts = (value or "").split(None, 1)
+    if not parts:
         return None
-    key = value.strip()
-    lowered = key.lower()
-    for prefix in _PREFIXES:
-        if lowered.startswith(prefix):
-            key = key[len(prefix) :].strip()
-            break
-    return key or None
+    if parts[0].lower() in _SCHEMES:
+        return parts[1].strip() if len(parts) == 2 else None
+    return (value or "").strip()
 
 
 class CredentialIndex:

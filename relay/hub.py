@@ -5,7 +5,8 @@ Rules (in the order a change meets them):
 1. ``publish(change)`` never blocks and never writes. It files the change as *pending* under
    ``(env, kind, key)``; a later version replaces a pending earlier one (coalescing, counted
    in ``coalesced_updates_total``). The final version of an item is never dropped: a change
-   is only ever replaced by a later one of the same item.
+   is only ever replaced by a later one of the same item. A change of an environment with no
+   stream is dropped at once: every later stream starts from a snapshot that holds it.
 2. A *round* starts one loop tick after the first pending change (so a burst of records read
    in one fetch becomes one round), or, while a round is writing, right after it ends. A
    round takes every pending change of every environment that has listeners, orders them by
@@ -174,6 +175,7 @@ class Hub:
         self._lifetimes: list[tuple[float, int, Connection]] = []
         self._seq = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle_waiters: list[asyncio.Future[None]] = []
 
         m = metrics
         self._m_closed = {r: m.connections_closed_total.labels(reason=r) for r in _CLOSE_REASONS}
@@ -226,6 +228,9 @@ class Hub:
 
         Registration happens before the first ``await``, so a change published between the
         caller's snapshot and the response headers is queued for this stream, never lost.
+        With ``detach`` on, this returns as soon as the stream is set up: the stream lives
+        on in the hub (see ``relay.stream``) and aiohttp writes nothing more to it.
+        A call while full or draining answers 503 with ``Retry-After``.
         """
         if not self.can_accept():
             return web.Response(
@@ -268,6 +273,10 @@ class Hub:
 
     def publish(self, change: Change) -> None:
         """File an applied change for the next round (rule 1). Never blocks."""
+        if change.env not in self._envs:
+            # No stream of this environment exists, and any later one starts from a
+            # snapshot that already holds this change: nothing to send, ever.
+            return
         pending = self._pending.get(change.env)
         if pending is None:
             pending = self._pending[change.env] = {}
@@ -283,6 +292,24 @@ class Hub:
                 except RuntimeError:
                     return  # no loop yet, so no stream yet: the next publish schedules
             self._flush_handle = loop.call_soon(self._flush)
+
+    async def wait_idle(self) -> None:
+        """Until every published change was written (no pending change, no round running)."""
+        if self._idle():
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._idle_waiters.append(waiter)
+        await waiter
+
+    def _idle(self) -> bool:
+        return not self._jobs and not self._pending and self._flush_handle is None
+
+    def _notify_idle(self) -> None:
+        if self._idle_waiters and self._idle():
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     async def drain(self, window_seconds: float) -> None:
         """Stop accepting streams and close the open ones spread evenly over the window."""
@@ -398,7 +425,10 @@ class Hub:
     def _flush(self) -> None:
         """Start a round with every pending change (rule 2)."""
         self._flush_handle = None
-        if self._jobs or not self._pending:
+        if self._jobs:
+            return  # the running round starts the next one when it ends
+        if not self._pending:
+            self._notify_idle()
             return
         pending, self._pending = self._pending, {}
         loop = self._loop
@@ -430,6 +460,8 @@ class Hub:
                 env.last_write = now
         if self._jobs:
             self._run()
+        else:
+            self._notify_idle()
 
     def _run(self) -> None:
         """Write one slice of the current round; reschedule while work remains."""
@@ -449,6 +481,8 @@ class Hub:
             self._run_handle = loop.call_soon(self._run)
         elif self._pending and self._flush_handle is None:
             self._flush()
+        else:
+            self._notify_idle()
 
     def _write(self, job: _Job, budget: int) -> int:
         """Write ``job``'s batch to up to ``budget`` streams; return how many were visited."""

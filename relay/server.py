@@ -51,6 +51,7 @@ WORKER_HEADER = "X-Flagstream-Worker"
 _FAST_FAILURE_SECONDS = 10.0
 _RESTART_PAUSE_SECONDS = 1.0
 _LISTEN_BACKLOG = 4096
+_IDLE_CONNECTION_SECONDS = 75.0
 
 
 def serve(settings: RelaySettings) -> int:
@@ -164,7 +165,14 @@ class _Worker:
             response.headers[WORKER_HEADER] = identity
 
         app.on_response_prepare.append(tag)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            shutdown_timeout=5.0,
+            # A connection that sends no complete request (idle keep-alive, slowloris,
+            # connect-and-vanish) is closed after this; streams are not affected.
+            keepalive_timeout=_IDLE_CONNECTION_SECONDS,
+        )
         await runner.setup()
         site = web.SockSite(runner, self.sock, backlog=_LISTEN_BACKLOG)
         await site.start()

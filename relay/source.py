@@ -196,10 +196,13 @@ class KafkaSource:
                 nxt[tp.partition] = msgs[-1].offset + 1
         # Positions can be past the last record (control records, compaction gaps); the
         # subscription state knows, and reading it does not wait when a position is valid.
-        for tp in self._tps:
-            state = self._consumer._subscription.subscription.assignment.state_value(tp)
-            if state is not None and state.has_valid_position:
-                nxt[tp.partition] = max(nxt.get(tp.partition, 0), int(state.position))
+        # (aiokafka internals: if they change shape, fall back to the records' offsets.)
+        with contextlib.suppress(Exception):
+            assignment = self._consumer._subscription.subscription.assignment
+            for tp in self._tps:
+                state = assignment.state_value(tp)
+                if state is not None and state.has_valid_position:
+                    nxt[tp.partition] = max(nxt.get(tp.partition, 0), int(state.position))
         return SourceBatch(records, nxt)
 
 
@@ -379,6 +382,7 @@ class Follower:
         self._last_contact: float | None = None
         self._task: asyncio.Task[None] | None = None
         self.last_error: str | None = None
+        self._reported_error: str | None = None
         self.connected = False
         # Evaluated at scrape time, so the gauge is right even while a fetch is hanging.
         metrics.stale.set_function(lambda: 1.0 if self.stale else 0.0)
@@ -422,8 +426,11 @@ class Follower:
             except Exception as exc:  # SourceUnavailable, or anything the client threw
                 failure = exc
             self.connected = False
-            self.last_error = f"{type(failure).__name__}: {failure}"
-            log.warning("record source unavailable (%s); retrying", self.last_error)
+            error = f"{type(failure).__name__}: {failure}"
+            # One warning per distinct failure, not one per retry.
+            level = logging.DEBUG if error == self._reported_error else logging.WARNING
+            log.log(level, "record source unavailable (%s); retrying", error)
+            self.last_error = self._reported_error = error
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self.source.stop()
             await asyncio.sleep(backoff)
@@ -443,6 +450,7 @@ class Follower:
         self.state.set_bootstrap_targets(hw)
         self.connected = True
         self._contact()
+        self._reported_error = None
         log.info(
             "reading %d partitions (epoch %s), %d records behind",
             layout.partitions,

@@ -21,8 +21,9 @@ Rules (the state machine is fed records in partition order by ``relay.source.Fol
 - Caching. The encoded ``put`` events and polling body of an environment are built once per
   position and reused by every request until the next change of that environment, so a
   reconnect herd costs one encode.
-- Listeners. Every *applied* item change is passed to the listener (the hub's ``publish``)
-  synchronously, in offset order, right after the state changed.
+- Listeners. Once ready, every *applied* item change is passed to the listeners (the hub's
+  ``publish``) synchronously, in offset order, right after the state changed. During the
+  bootstrap nothing is published: no stream can exist yet.
 """
 
 from __future__ import annotations
@@ -141,9 +142,6 @@ class Environment:
         out.reverse()
         return out
 
-    def flag_count(self) -> int:
-        return sum(1 for it in self.items.values() if it.kind == "flag")
-
 
 def catchup_events(items: Iterable[Item], stream: StreamKind, epoch: str) -> bytes:
     """patch/delete events for ``items`` (a resumption's catch-up), each with its own id."""
@@ -183,6 +181,7 @@ class State:
         self.listeners: list[Callable[[Change], None]] = []
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._item_count = 0
+        self._partition_cache: dict[str, int] = {}
 
     # --- layout and bootstrap -----------------------------------------------------------
 
@@ -203,6 +202,7 @@ class State:
             self.metrics.ready.set(0)
         self.epoch = epoch
         self.partitions = partitions
+        self._partition_cache = {}
         for p in range(partitions):
             self.next_offsets.setdefault(p, 0)
         return not changed
@@ -284,13 +284,19 @@ class State:
         if rec.key != expected_key:
             self._skip(rec, "record key does not match its envelope")
             return None
-        if self.partitions and partition_for(env.env, self.partitions) != rec.partition:
+        if self.partitions and self._partition_of(env.env) != rec.partition:
             self._skip(rec, f"environment belongs to another partition than {rec.partition}")
             return None
         environment = self.environments.get(env.env)
         if env.kind == "env":
             return env if self._apply_env(rec, env, environment) else None
         return env if self._apply_item(rec, env, environment) else None
+
+    def _partition_of(self, env: str) -> int:
+        p = self._partition_cache.get(env)
+        if p is None:
+            p = self._partition_cache[env] = partition_for(env, self.partitions)
+        return p
 
     def _environment(self, key: str, partition: int) -> Environment:
         environment = self.environments.get(key)
@@ -347,7 +353,9 @@ class State:
             offset=rec.offset,
         )
         environment.offset = rec.offset
-        if self.listeners:
+        # Before the bootstrap completed no stream exists (they are refused), so skipping
+        # the hub keeps a large bootstrap cheap.
+        if self.listeners and self.ready:
             change = Change(
                 env=env.env,
                 kind=kind,

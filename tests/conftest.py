@@ -31,7 +31,7 @@ import pytest
 
 from flagstream.stack.errors import StackError
 from flagstream.stack.kafka import KafkaBroker
-from flagstream.stack.process import free_port
+from flagstream.stack.process import free_port, free_ports
 from flagstream.stack.redis import RedisServer
 from flagstream.stack.stack import Stack, resolve_config
 
@@ -120,17 +120,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     worker.join(70)
 
 
-def _two_free_ports() -> tuple[int, int]:
-    first = free_port()
-    second = free_port()
-    while second == first:
-        second = free_port()
-    return first, second
-
-
 @pytest.fixture
 def private_kafka(tmp_path: Path) -> Iterator[KafkaBroker]:
-    port, controller_port = _two_free_ports()
+    port, controller_port = free_ports(2)
     broker = KafkaBroker(tmp_path / "kafka", port, controller_port)
     try:
         broker.start(timeout=240.0)

@@ -65,11 +65,11 @@ find_tofu() {
     mkdir -p "$dir"
     log "building OpenTofu $TOFU_VERSION from the Go module proxy (once; cached in $dir)"
     local start=$SECONDS
-    # flock: parallel runs (several engineers, CI) build it once.
+    # flock (when available): parallel runs on one machine build it once.
     if (
-      flock 9
+      if command -v flock >/dev/null 2>&1; then flock 9; fi
       [[ -x "$bin" ]] && exit 0
-      GOBIN="$dir" GOFLAGS=-buildvcs=false CGO_ENABLED=0 \
+      GOBIN="$dir" GOFLAGS=-buildvcs=false \
         go install "github.com/opentofu/opentofu/cmd/tofu@$TOFU_VERSION"
     ) 9>"$dir.lock"; then
       printf -- '-- built %s in %ss\n' "$bin" $((SECONDS - start))

@@ -23,11 +23,12 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from flagstream.stack import kafka_probe, process
+from flagstream.stack import cds, kafka_probe, process
 from flagstream.stack.errors import StackError
 from flagstream.stack.jars import ensure_jars, kafka_version, require_tool
 from flagstream.stack.paths import HOST
@@ -75,17 +76,19 @@ def _cluster_id() -> str:
             return text
 
 
-def check_java() -> str:
-    """Path of a ``java`` of version 17 or newer (Kafka 4 brokers need 17)."""
+def check_java() -> tuple[str, str]:
+    """Path of a ``java`` of version 17 or newer (Kafka 4 brokers need 17), and an identity
+    string of that exact JDK build (for the class-data archive)."""
     java = require_tool("java", JAVA_FIX)
     out = subprocess.run(
         [java, "-version"], capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
     )
-    match = re.search(r'version "(\d+)', out.stderr + out.stdout)
+    text = out.stderr + out.stdout
+    match = re.search(r'version "(\d+)', text)
     if match is None or int(match.group(1)) < 17:
         found = match.group(1) if match else "unknown"
         raise StackError(f"Kafka 4 needs Java 17 or newer, found {found}; fix: {JAVA_FIX}")
-    return java
+    return java, f"{os.path.realpath(java)}\n{text}"
 
 
 class KafkaBroker:
@@ -98,13 +101,16 @@ class KafkaBroker:
         controller_port: int,
         *,
         version: str | None = None,
+        class_data_sharing: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port
         self.controller_port = controller_port
         self.version = version or kafka_version()
+        self.class_data_sharing = class_data_sharing
         self.last_start_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._dump_archive_to: Path | None = None
 
     # --- paths -----------------------------------------------------------------------------
     @property
@@ -203,7 +209,7 @@ class KafkaBroker:
         return process.tail(self.stdout_path, 2) or process.tail(self.log_path, 2)
 
     def _launch(self) -> None:
-        java = check_java()
+        java, java_identity = check_java()
         for port, what in ((self.port, "broker"), (self.controller_port, "controller")):
             if process.port_in_use(HOST, port):
                 raise StackError(
@@ -211,6 +217,12 @@ class KafkaBroker:
                     f"stop it or choose other ports (--kafka-port/--controller-port)"
                 )
         jars = ensure_jars(self.version)
+        archive_opts: list[str] = []
+        if self._dump_archive_to is not None:
+            archive_opts = [f"-XX:ArchiveClassesAtExit={self._dump_archive_to}"]
+        elif self.class_data_sharing:
+            archive = cds.ensure_archive(cds.archive_path(jars, java_identity), self._train)
+            archive_opts = [f"-XX:SharedArchiveFile={archive}"] if archive else []
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "log4j2.xml").write_text(_LOG4J2.format(log=self.log_path))
         self.config_path.write_text(self._server_properties())
@@ -225,9 +237,28 @@ class KafkaBroker:
         ]
         self._format_storage(base)
         self._proc = process.spawn_detached(
-            [*base, MAIN_CLASS, str(self.config_path)], log=self.stdout_path, cwd=self.data_dir
+            [*base[:1], *archive_opts, *base[1:], MAIN_CLASS, str(self.config_path)],
+            log=self.stdout_path,
+            cwd=self.data_dir,
         )
         self.pidfile.write_text(f"{self._proc.pid}\n")
+
+    def _train(self, archive: Path) -> None:
+        """Start and cleanly stop a throw-away broker that dumps its classes to ``archive``."""
+        with tempfile.TemporaryDirectory(prefix="flagstream-cds-") as scratch:
+            port, controller_port = process.free_ports(2)
+            trainer = KafkaBroker(
+                scratch, port, controller_port, version=self.version, class_data_sharing=False
+            )
+            trainer._dump_archive_to = archive
+            try:
+                trainer.start(timeout=300.0)
+                proc = trainer._proc
+                trainer.stop(timeout=300.0)  # the JVM writes the archive while exiting
+            finally:
+                trainer.kill()
+            if proc is None or proc.returncode == -9:
+                raise StackError("the training broker did not exit cleanly")
 
     def _format_storage(self, base: list[str]) -> None:
         """Format ``log.dirs`` once (KRaft ``--standalone``: this node is the only voter)."""

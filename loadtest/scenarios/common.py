@@ -114,14 +114,17 @@ class System:
             await self.driver.stop()
 
 
-async def start_relay(ctx: Context, topic: str, *, name: str = "relay") -> Service:
+async def start_relay(
+    ctx: Context, topic: str, *, name: str = "relay", within: float | None = None
+) -> Service:
+    """Spawn a relay on ``topic`` and wait until it is ready (ServiceError if not)."""
     a = ctx.args
     extra = dict(kv.split("=", 1) for kv in a.relay_env)
     relay = spawn_relay(
         kafka_bootstrap=a.kafka, topic=topic, workers=a.workers, extra_env=extra, name=name
     )
     ctx.services.append(relay)
-    await wait_ready(relay.url, within=a.ready_timeout, service=relay)
+    await wait_ready(relay.url, within=within or a.ready_timeout, service=relay)
     return relay
 
 

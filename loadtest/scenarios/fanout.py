@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from typing import Any
 
@@ -19,7 +20,7 @@ from loadtest.report import Result, Table, fmt_ms
 from loadtest.scenarios.common import Context, ScenarioError, drive, open_system, wait_env_visible
 from loadtest.stats import summarize
 from loadtest.swarm import Swarm, Target
-from loadtest.sysinfo import raise_nofile_limit
+from loadtest.sysinfo import cpu_seconds, raise_nofile_limit
 
 NAME = "fanout"
 
@@ -94,12 +95,18 @@ async def run(ctx: Context) -> Result:
             progress.note(f"{a.streams} streams open; writing {a.changes} changes")
             phase[0] = "changing"
             bytes_before, events_before = swarm.bytes_received, rec.patches
+            pids = [r.pid for r in system.relays if r is not None]
+            cpu0 = [cpu_seconds(p) for p in pids], cpu_seconds(os.getpid())
+            t0 = time.perf_counter()
             stats = await drive(
                 system.driver, [(env, "flag-0")], rate=1 / a.interval, count=a.changes
             )
             phase[0] = "draining"
             expected = stats.accepted * a.streams
             await swarm.wait_deliveries(expected, a.settle)
+            span = time.perf_counter() - t0
+            relay_cpu = sum(cpu_seconds(p) for p in pids) - sum(cpu0[0]) if pids else None
+            self_cpu = cpu_seconds(os.getpid()) - cpu0[1]
             frame_bytes = max(
                 1,
                 round((swarm.bytes_received - bytes_before) / max(1, rec.patches - events_before)),
@@ -137,6 +144,8 @@ async def run(ctx: Context) -> Result:
             "spread_s": s_spread,
             "all_s": s_all,
             "write_ack_s": summarize(write_latency),
+            "relay_cpu_share": relay_cpu / span if relay_cpu is not None else None,
+            "loadtest_cpu_share": self_cpu / span,
             "floor": floor.to_json() if floor else None,
             "last_over_floor_p50": (float(s_last["p50"]) / floor_p50) if floor_p50 else None,
             "spread_over_floor_p50": (float(s_spread["p50"]) / floor_p50) if floor_p50 else None,
@@ -164,6 +173,11 @@ async def run(ctx: Context) -> Result:
             f"({expected - received} not delivered: coalesced or lost), "
             f"streams not holding the final version: {lagging}, write errors {stats.errors}"
         )
+        if relay_cpu is not None:
+            result.notes.append(
+                f"CPU while changing: relay {relay_cpu / span:.0%} of a core, this process "
+                f"(swarm + driver) {self_cpu / span:.0%}"
+            )
         result.series = {"first": first, "last": last, "spread": spread}
         if not a.no_plots and changes:
             result.plots.append(

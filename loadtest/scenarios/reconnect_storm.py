@@ -110,6 +110,7 @@ async def _storm(
                 swarm.opened_total,
             )
             attempts0 = swarm.attempts
+            latency0 = len(swarm.connect_latency)
             phase[0] = "storm"
             state["final"] = 1 << 62
             progress.note(f"killing {src.name}; {a.streams} streams fail over to {dst.name}")
@@ -140,6 +141,8 @@ async def _storm(
                 "full_puts": rec.puts - puts1,
                 "patch_events": rec.patches - patches1,
                 "reconnects": swarm.opened_total - opened0,
+                # connect start -> 200 head of every reconnect: the relay's accept+auth path
+                "reconnect_head_s": summarize(swarm.connect_latency[latency0:]),
                 "connect_attempts": swarm.attempts - attempts0,
                 "changes_during": stats.accepted,
                 "write_errors": stats.errors,
@@ -148,6 +151,11 @@ async def _storm(
                 "relay_full_puts": after.get("flagstream_relay_full_puts_total", 0)
                 - before.get("flagstream_relay_full_puts_total", 0),
                 "relay_metrics_found": any("resumptions" in k for k in after),
+                "relay_counters_delta": {
+                    k: after[k] - before.get(k, 0.0)
+                    for k in sorted(after)
+                    if k.endswith("_total") and after[k] != before.get(k, 0.0)
+                },
                 "wall_s": t_end - t_kill,
                 "catch_up_series": caught_times,
             }
@@ -211,6 +219,7 @@ async def run(ctx: Context) -> Result:
                 fmt_ms(s["p50"]),
                 fmt_ms(s["p99"]),
                 fmt_ms(p["all_caught_up_s"]),
+                fmt_ms(p["reconnect_head_s"]["p50"]),
                 f"{p['bytes_received'] / 2**20:.2f} MiB",
                 str(p["full_puts"]),
                 str(p["patch_events"]),
@@ -229,6 +238,7 @@ async def run(ctx: Context) -> Result:
                 "p50 from kill",
                 "p99",
                 "all caught up",
+                "reconnect to 200, p50",
                 "bytes to clients",
                 "full puts",
                 "patches",

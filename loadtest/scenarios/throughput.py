@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
+from typing import Any
 
 from loadtest import plots
 from loadtest.driver import flag_key
@@ -20,7 +22,7 @@ from loadtest.report import Result, Table, fmt_ms
 from loadtest.scenarios.common import Context, ScenarioError, drive, open_system, wait_env_visible
 from loadtest.stats import summarize
 from loadtest.swarm import Swarm, Target
-from loadtest.sysinfo import raise_nofile_limit
+from loadtest.sysinfo import cpu_seconds, raise_nofile_limit
 
 NAME = "throughput"
 
@@ -35,19 +37,23 @@ def _rates(text: str) -> list[float]:
     return rates
 
 
+def _pct(share: float | None) -> str:
+    return "-" if share is None else f"{float(share):.0%}"
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--envs", type=int, default=20, help="environments (default 20)")
-    p.add_argument("--streams-per-env", type=int, default=25, help="streams each (default 25)")
+    p.add_argument("--streams-per-env", type=int, default=50, help="streams each (default 50)")
     p.add_argument("--flags", type=int, default=10, help="flags per environment")
     p.add_argument(
         "--rates",
         type=_rates,
-        default=_rates("25,50,100,200,400,800,1600"),
-        help="changes/s per step (default 25,50,...,1600)",
+        default=_rates("50,100,200,400,800,1600,3200"),
+        help="changes/s per step (default 50,100,...,3200)",
     )
     p.add_argument("--step-seconds", type=float, default=5.0, help="length of each step")
     p.add_argument("--p99-bound", type=float, default=0.5, help="p99 delay bound in seconds")
-    p.add_argument("--inflight", type=int, default=64, help="max outstanding writes")
+    p.add_argument("--inflight", type=int, default=256, help="max outstanding writes")
 
 
 async def run(ctx: Context) -> Result:
@@ -75,7 +81,7 @@ async def run(ctx: Context) -> Result:
     stamp = int(time.time())
     envs = [f"lt-tp-{stamp}-{i}" for i in range(a.envs)]
     swarm: Swarm | None = None
-    steps: list[dict[str, float | int | bool]] = []
+    steps: list[dict[str, Any]] = []
     try:
         keys = await asyncio.gather(*(system.driver.create_environment(e, a.flags) for e in envs))
         for k in keys:
@@ -85,6 +91,8 @@ async def run(ctx: Context) -> Result:
         for env, key in zip(envs, keys, strict=True):
             clients += swarm.add(a.streams_per_env, env, key)
         targets = [(e, flag_key(f)) for f in range(a.flags) for e in envs]
+        # CPU shares per step: the relay (all workers) and this process (swarm + driver)
+        pids = [r.pid for r in system.relays if r is not None] + [os.getpid()]
         state = {"rate": 0.0}
 
         def render() -> str:
@@ -106,6 +114,7 @@ async def run(ctx: Context) -> Result:
             for rate in a.rates:
                 state["rate"] = rate
                 before = len(rec.receipt_time)
+                cpu0 = [cpu_seconds(pid) for pid in pids]
                 t0 = time.perf_counter()
                 stats = await drive(
                     system.driver,
@@ -115,6 +124,9 @@ async def run(ctx: Context) -> Result:
                     inflight=a.inflight,
                 )
                 t1 = time.perf_counter()
+                cpu = [
+                    (cpu_seconds(pid) - c) / (t1 - t0) for pid, c in zip(pids, cpu0, strict=True)
+                ]
                 expected = before + stats.accepted * a.streams_per_env
                 await swarm.wait_deliveries(expected, a.settle)
                 delays = rec.delays(since=t0, until=t1)
@@ -142,6 +154,8 @@ async def run(ctx: Context) -> Result:
                         "p99": s["p99"],
                         "max": s["max"],
                         "passed": passed,
+                        "relay_cpu": cpu[0] if len(cpu) > 1 else None,
+                        "loadtest_cpu": cpu[-1],
                     }
                 )
                 progress.note(
@@ -180,7 +194,17 @@ async def run(ctx: Context) -> Result:
             Table(
                 f"{a.envs} environments x {a.streams_per_env} streams, "
                 f"{a.step_seconds:.0f} s per step",
-                ["changes/s asked", "achieved", "deliveries/s", "p50", "p99", "max", ""],
+                [
+                    "changes/s asked",
+                    "achieved",
+                    "deliveries/s",
+                    "p50",
+                    "p99",
+                    "max",
+                    "relay CPU",
+                    "loadtest CPU",
+                    "",
+                ],
                 [
                     [
                         f"{s['rate']:.0f}",
@@ -189,6 +213,8 @@ async def run(ctx: Context) -> Result:
                         fmt_ms(s["p50"]),
                         fmt_ms(s["p99"]),
                         fmt_ms(s["max"]),
+                        _pct(s["relay_cpu"]),
+                        _pct(s["loadtest_cpu"]),
                         "pass" if s["passed"] else "stop",
                     ]
                     for s in steps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -27,12 +28,22 @@ class _Example(BaseSettings):
     lifetime: float | None = None
 
 
+_FLAGS = (("--port", "port", str, "port to bind"),)
+
 _SERVICE = Service(
     title="Example",
     command="flagstream example",
     settings=f"{__name__}:_Example",
     intro="An example.",
+    flags=f"{__name__}:_FLAGS",
 )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--kafka-bootstrap", dest="bootstrap")
+    parser.add_argument("-l", "--lifetime", dest="lifetime")
+    return parser
 
 
 def test_committed_reference_matches_the_code() -> None:
@@ -55,7 +66,10 @@ def test_every_settings_field_is_documented() -> None:
 
 def test_row_shows_prefixed_name_range_default_and_meaning() -> None:
     text = configdoc.render_service(_SERVICE)
-    assert "| `FLAGSTREAM_EXAMPLE_PORT` | int | `8080` | ≥ 0, ≤ 65535 | port to bind |" in text
+    assert (
+        "| `FLAGSTREAM_EXAMPLE_PORT` | `--port` | int | `8080` | ≥ 0, ≤ 65535 | port to bind |"
+        in text
+    )
 
 
 def test_shared_alias_is_documented_without_the_service_prefix() -> None:
@@ -67,8 +81,19 @@ def test_shared_alias_is_documented_without_the_service_prefix() -> None:
 
 def test_secret_and_optional_fields() -> None:
     text = configdoc.render_service(_SERVICE)
-    assert "| `FLAGSTREAM_EXAMPLE_TOKEN` | secret or none | unset |" in text
-    assert "| `FLAGSTREAM_EXAMPLE_LIFETIME` | float or none | unset |  |  |" in text
+    assert "| `FLAGSTREAM_EXAMPLE_TOKEN` |  | secret or none | unset |" in text
+    assert "| `FLAGSTREAM_EXAMPLE_LIFETIME` |  | float or none | unset |  |  |" in text
+
+
+def test_flags_come_from_the_services_parser_or_flag_table() -> None:
+    assert configdoc.flag_names(f"{__name__}:_parser") == {
+        "bootstrap": "--kafka-bootstrap",
+        "lifetime": "--lifetime",
+    }
+    assert configdoc.flag_names(f"{__name__}:_FLAGS") == {"port": "--port"}
+    assert configdoc.flag_names(None) == {}
+    relay_flags = configdoc.flag_names("relay.cli:build_parser")
+    assert relay_flags["max_connections"] == "--max-connections"
 
 
 def test_check_mode_reports_a_stale_file(

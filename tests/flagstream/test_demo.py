@@ -106,7 +106,7 @@ async def test_small_demo_runs_end_to_end(kafka_bootstrap: str, redis_url: str) 
     assert proc.returncode == 0, text
     # Every toggle reached all 20 streams, with a first and a last delay.
     toggles = re.findall(
-        r"^\s+(\S+)\s+(on|off) v\d+\s+([\d.]+) ms\s+([\d.]+) ms\s+20/20", text, re.M
+        r"^\s+(\S+)\s+(on|off)\s+v\d+\s+([\d.]+) ms\s+([\d.]+) ms\s+20/20", text, re.M
     )
     assert [t[0] for t in toggles] == ["1/2", "2/2", "after"], text
     assert all(float(first) <= float(last) for _, _, first, last in toggles)
@@ -119,3 +119,57 @@ async def test_small_demo_runs_end_to_end(kafka_bootstrap: str, redis_url: str) 
     assert "monotonicity: 0 version regressions" in text
     assert "processes left running: none" in text
     assert "demo complete: every check held" in text
+
+
+def _processes_with(marker: bytes) -> list[int]:
+    """PIDs whose environment mentions ``marker`` (the demo passes its topic to children)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+async def test_sigterm_mid_run_stops_everything_it_started(
+    kafka_bootstrap: str, redis_url: str
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "flagstream",
+        "demo",
+        "--clients",
+        "10",
+        "--toggles",
+        "200",
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        while not any(line.startswith("   toggle") for line in lines):
+            line = (await asyncio.wait_for(proc.stdout.readline(), 120)).decode()
+            assert line, "".join(lines)
+            lines.append(line)
+        topic = re.search(r"flagstream\.demo-[0-9a-f]+", "".join(lines))
+        assert topic, "".join(lines)
+        assert _processes_with(topic.group(0).encode())  # publisher and relays are running
+        proc.terminate()
+        rest, _ = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = "".join(lines) + rest.decode()
+    assert proc.returncode == 130, text
+    assert "processes left running: none" in text
+    assert _processes_with(topic.group(0).encode()) == []

@@ -33,12 +33,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[DevServer]:
-    async with dev.running(port=0, relay_overrides={"heartbeat_interval": 1.0}) as s:
-        yield s
-
-
-@pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as s:
         yield s
@@ -113,10 +107,10 @@ def test_seed_data_is_valid_for_the_publisher() -> None:
 
 
 async def test_seeded_stream_then_toggle_arrives_as_patch(
-    server: DevServer, session: aiohttp.ClientSession
+    dev_server: DevServer, session: aiohttp.ClientSession
 ) -> None:
-    assert server.sdk_key is not None and server.sdk_key.startswith("sdk-")
-    async with stream(session, server.url, server.sdk_key) as s:
+    assert dev_server.sdk_key is not None and dev_server.sdk_key.startswith("sdk-")
+    async with stream(session, dev_server.url, dev_server.sdk_key) as s:
         put = (await s.wait_for(1))[0]
         assert put.event == "put"
         data = json.loads(put.data)["data"]
@@ -124,7 +118,7 @@ async def test_seeded_stream_then_toggle_arrives_as_patch(
         assert set(data["segments"]) == {seg["key"] for seg in SEED_SEGMENTS}
         assert data["flags"][TOGGLE_FLAG]["on"] is False
 
-        written = await toggle(session, server, TOGGLE_FLAG, True)
+        written = await toggle(session, dev_server, TOGGLE_FLAG, True)
         patch = (await s.wait_for(2))[1]
         assert patch.event == "patch"
         body = json.loads(patch.data)
@@ -135,60 +129,65 @@ async def test_seeded_stream_then_toggle_arrives_as_patch(
 
 
 async def test_reconnect_with_last_event_id_resumes_without_put(
-    server: DevServer, session: aiohttp.ClientSession
+    dev_server: DevServer, session: aiohttp.ClientSession
 ) -> None:
-    assert server.sdk_key is not None
-    async with stream(session, server.url, server.sdk_key) as s:
+    assert dev_server.sdk_key is not None
+    async with stream(session, dev_server.url, dev_server.sdk_key) as s:
         last_id = (await s.wait_for(1))[0].id
-    await toggle(session, server, "dark-mode", False)
-    async with stream(session, server.url, server.sdk_key, last_event_id=last_id) as s:
+    await toggle(session, dev_server, "dark-mode", False)
+    async with stream(session, dev_server.url, dev_server.sdk_key, last_event_id=last_id) as s:
         events = await s.wait_for(1)
         assert [e.event for e in events] == ["patch"]
         assert json.loads(events[0].data)["path"] == "/flags/dark-mode"
 
 
-async def test_polling_endpoint_and_auth(server: DevServer, session: aiohttp.ClientSession) -> None:
-    assert server.sdk_key is not None
+async def test_polling_endpoint_and_auth(
+    dev_server: DevServer, session: aiohttp.ClientSession
+) -> None:
+    assert dev_server.sdk_key is not None
     async with session.get(
-        f"{server.url}/sdk/latest-all", headers={"Authorization": server.sdk_key}
+        f"{dev_server.url}/sdk/latest-all", headers={"Authorization": dev_server.sdk_key}
     ) as r:
         assert r.status == 200
         assert set((await r.json())["flags"]) == {f["key"] for f in SEED_FLAGS}
     async with session.get(
-        f"{server.url}/all", headers={"Authorization": "sdk-00000000-0000-0000-0000-000000000000"}
+        f"{dev_server.url}/all",
+        headers={"Authorization": "sdk-00000000-0000-0000-0000-000000000000"},
     ) as r:
         assert r.status == 401
-    async with session.get(f"{server.url}/api/v1/environments") as r:
+    async with session.get(f"{dev_server.url}/api/v1/environments") as r:
         assert r.status == 401
         assert r.headers["Content-Type"].startswith("application/problem+json")
 
 
 async def test_process_wide_operations_endpoints(
-    server: DevServer, session: aiohttp.ClientSession
+    dev_server: DevServer, session: aiohttp.ClientSession
 ) -> None:
-    async with session.get(f"{server.url}/readyz") as r:
+    async with session.get(f"{dev_server.url}/readyz") as r:
         assert r.status == 200
         assert await r.json() == {"status": "ready", "relay": "ready", "publisher": "ready"}
-    async with session.get(f"{server.url}/livez") as r:
+    async with session.get(f"{dev_server.url}/livez") as r:
         assert r.status == 200
-    async with session.get(f"{server.url}/metrics") as r:
+    async with session.get(f"{dev_server.url}/metrics") as r:
         text = await r.text()
         assert r.status == 200
         assert "flagstream_relay_ready 1.0" in text
         assert 'flagstream_publisher_writes_total{result="acknowledged"}' in text
-    async with session.get(f"{server.url}/openapi.json") as r:
+    async with session.get(f"{dev_server.url}/openapi.json") as r:
         assert r.status == 200
         assert "/api/v1/environments" in json.dumps(await r.json())
-    async with session.get(f"{server.url}/status") as r:
+    async with session.get(f"{dev_server.url}/status") as r:
         assert r.status == 200
         assert (await r.json())["ready"] is True
-    async with session.get(f"{server.url}/no-such-path") as r:
+    async with session.get(f"{dev_server.url}/no-such-path") as r:
         assert r.status == 404
 
 
-async def test_readyz_reports_draining(server: DevServer, session: aiohttp.ClientSession) -> None:
-    await server.hub.drain(0.0)
-    async with session.get(f"{server.url}/readyz") as r:
+async def test_readyz_reports_draining(
+    dev_server: DevServer, session: aiohttp.ClientSession
+) -> None:
+    await dev_server.hub.drain(0.0)
+    async with session.get(f"{dev_server.url}/readyz") as r:
         assert r.status == 503
         assert (await r.json())["relay"] == "draining"
 
@@ -225,7 +224,13 @@ def test_invalid_environment_setting_is_a_clear_error(
     monkeypatch.setenv("FLAGSTREAM_RELAY_HEARTBEAT_INTERVAL", "-1")
     assert dev.main(["--port", "0"]) == 2
     err = capsys.readouterr().err
-    assert "heartbeat_interval" in err and "Traceback" not in err
+    assert err.startswith("flagstream dev: invalid FLAGSTREAM_RELAY_HEARTBEAT_INTERVAL: ")
+    monkeypatch.delenv("FLAGSTREAM_RELAY_HEARTBEAT_INTERVAL")
+    monkeypatch.setenv("FLAGSTREAM_ADMIN_TOKEN", "short")
+    assert dev.main(["--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flagstream dev: invalid FLAGSTREAM_ADMIN_TOKEN: ")
+    assert err.count("\n") == 1
 
 
 # --- the command, as a user runs it --------------------------------------------------------

@@ -7,8 +7,8 @@ import asyncio
 import contextlib
 import importlib.util
 import json
+import shutil
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from types import ModuleType
 
@@ -16,17 +16,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from flagstream import dev
 from flagstream.dev import DEMO_ENV, TOGGLE_FLAG, DevServer
 from protocol.sse import SSEEvent, SSEParser
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[DevServer]:
-    async with dev.running(port=0) as s:
-        yield s
 
 
 async def _toggle(server: DevServer, on: bool) -> None:
@@ -52,9 +45,9 @@ async def _run_example(*args: str) -> asyncio.subprocess.Process:
 
 
 @pytest.mark.e2e
-async def test_sdk_client_prints_the_value_then_the_change(server: DevServer) -> None:
-    assert server.sdk_key is not None
-    proc = await _run_example("--relay", server.url, "--sdk-key", server.sdk_key)
+async def test_sdk_client_prints_the_value_then_the_change(dev_server: DevServer) -> None:
+    assert dev_server.sdk_key is not None
+    proc = await _run_example("--relay", dev_server.url, "--sdk-key", dev_server.sdk_key)
     assert proc.stdout is not None
     seen: list[str] = []
 
@@ -69,7 +62,7 @@ async def test_sdk_client_prints_the_value_then_the_change(server: DevServer) ->
     try:
         await asyncio.wait_for(read_until("watching for changes"), 60)
         assert f"{TOGGLE_FLAG} = False\n" in seen
-        await _toggle(server, True)
+        await _toggle(dev_server, True)
         await asyncio.wait_for(read_until(f"{TOGGLE_FLAG}: False -> True"), 30)
     finally:
         proc.terminate()
@@ -81,16 +74,16 @@ async def test_sdk_client_prints_the_value_then_the_change(server: DevServer) ->
 
 
 @pytest.mark.e2e
-async def test_sdk_client_once_and_bad_key(server: DevServer) -> None:
-    assert server.sdk_key is not None
+async def test_sdk_client_once_and_bad_key(dev_server: DevServer) -> None:
+    assert dev_server.sdk_key is not None
     proc = await _run_example(
-        "--relay", server.url, "--sdk-key", server.sdk_key, "--flag", "dark-mode", "--once"
+        "--relay", dev_server.url, "--sdk-key", dev_server.sdk_key, "--flag", "dark-mode", "--once"
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, out.decode()
     assert "dark-mode = True" in out.decode()
 
-    proc = await _run_example("--relay", server.url, "--once")  # no key: usage error
+    proc = await _run_example("--relay", dev_server.url, "--once")  # no key: usage error
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 2 and "SDK key is needed" in out.decode()
 
@@ -103,10 +96,12 @@ def _load_proxy() -> ModuleType:
     return module
 
 
-async def test_sse_proxy_serves_the_page_and_the_stream_with_the_key(server: DevServer) -> None:
-    assert server.sdk_key is not None
+async def test_sse_proxy_serves_the_page_and_the_stream_with_the_key(dev_server: DevServer) -> None:
+    assert dev_server.sdk_key is not None
     proxy = _load_proxy()
-    runner = web.AppRunner(proxy.build_app(server.url, server.sdk_key), shutdown_timeout=1.0)
+    runner = web.AppRunner(
+        proxy.build_app(dev_server.url, dev_server.sdk_key), shutdown_timeout=1.0
+    )
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -130,7 +125,7 @@ async def test_sse_proxy_serves_the_page_and_the_stream_with_the_key(server: Dev
                         break
                 assert events[0].event == "put"
                 put_id = events[0].id
-            await _toggle(server, True)
+            await _toggle(dev_server, True)
             # A reconnect with the browser's Last-Event-ID resumes: only the patch, no put.
             async with session.get(base + "/all", headers={"Last-Event-ID": str(put_id)}) as r:
                 parser = SSEParser()
@@ -142,4 +137,77 @@ async def test_sse_proxy_serves_the_page_and_the_stream_with_the_key(server: Dev
                 assert [e.event for e in events] == ["patch"]
                 assert json.loads(events[0].data)["data"]["on"] is True
     finally:
+        await runner.cleanup()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium (apt-get install)")
+async def test_eventsource_page_in_a_real_browser_shows_the_toggle(dev_server: DevServer) -> None:
+    """Headless Chromium opens the page through the proxy; a toggle shows up in its table."""
+    assert dev_server.sdk_key is not None
+    proxy = _load_proxy()
+    runner = web.AppRunner(proxy.build_app(dev_server.url, dev_server.sdk_key))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", proxy_port := _free_port()).start()
+    debug_port = _free_port()
+    chrome = await asyncio.create_subprocess_exec(
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        f"--remote-debugging-port={debug_port}",
+        "about:blank",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            targets: list[dict[str, str]] = []
+            for _ in range(200):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"http://127.0.0.1:{debug_port}/json") as r:
+                        targets = await r.json()
+                        break
+                await asyncio.sleep(0.05)
+            page = next(t for t in targets if t["type"] == "page")
+            async with session.ws_connect(page["webSocketDebuggerUrl"]) as ws:
+                ids = iter(range(1, 1000))
+
+                async def call(method: str, **params: object) -> dict[str, object]:
+                    n = next(ids)
+                    await ws.send_json({"id": n, "method": method, "params": params})
+                    while True:
+                        msg = await ws.receive_json()
+                        if msg.get("id") == n:
+                            result: dict[str, object] = msg.get("result", {})
+                            return result
+
+                async def page_text() -> str:
+                    res = await call("Runtime.evaluate", expression="document.body.innerText")
+                    return str(res["result"]["value"])  # type: ignore[index]
+
+                async def wait_text(marker: str) -> str:
+                    for _ in range(300):
+                        text = await page_text()
+                        if marker in text:
+                            return text
+                        await asyncio.sleep(0.05)
+                    raise AssertionError(f"{marker!r} not on the page: {text}")
+
+                await call("Page.navigate", url=f"http://127.0.0.1:{proxy_port}/")
+                await wait_text("4 flags")  # the put arrived through the proxy
+                await _toggle(dev_server, True)
+                text = await wait_text(f"/flags/{TOGGLE_FLAG} v2 on=true")
+                assert f"{TOGGLE_FLAG}\ton\t2" in text
+    finally:
+        chrome.terminate()
+        await chrome.wait()
         await runner.cleanup()

@@ -7,7 +7,14 @@ import resource
 
 import pytest
 
-from loadtest.sysinfo import LimitError, machine_facts, pid_tree, raise_nofile_limit, rss_bytes
+from loadtest.sysinfo import (
+    LimitError,
+    cpu_seconds,
+    machine_facts,
+    pid_tree,
+    raise_nofile_limit,
+    rss_bytes,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -29,3 +36,12 @@ def test_machine_facts_and_memory() -> None:
     assert os.getpid() in pid_tree(os.getpid())
     assert rss_bytes(os.getpid(), tree=False) > 1_000_000
     assert rss_bytes(2**22 + 12345) == 0  # no such process
+
+
+def test_cpu_seconds_grows_with_work() -> None:
+    before = cpu_seconds(os.getpid(), tree=False)
+    deadline = cpu_seconds(os.getpid(), tree=False) + 0.05
+    while cpu_seconds(os.getpid(), tree=False) < deadline:
+        sum(range(10_000))
+    assert cpu_seconds(os.getpid()) >= before + 0.05
+    assert cpu_seconds(2**22 + 12345) == 0

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from publisher_support import ApiFactory, read_topic, wait_outbox_empty
+from publisher_support import Api, ApiFactory, read_topic, wait_outbox_empty
 
 from flagstream.stack.kafka import KafkaBroker
 from publisher.app import FORWARDER
@@ -26,6 +26,15 @@ FLAG: dict[str, Any] = {
 }
 
 
+async def metric(api: Api, name: str) -> float:
+    async with api.client.get("/metrics") as resp:
+        text = await resp.text()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def first_occurrences(versions: list[int]) -> list[int]:
     seen: list[int] = []
     for v in versions:
@@ -36,7 +45,7 @@ def first_occurrences(versions: list[int]) -> list[int]:
 
 @pytest.mark.slow
 async def test_kafka_down_writes_pending_then_delivered_in_order(
-    make_api: ApiFactory, redis_store: RedisStore, private_kafka: KafkaBroker, unique_name: str
+    private_kafka: KafkaBroker, redis_store: RedisStore, make_api: ApiFactory, unique_name: str
 ) -> None:
     topic = f"{unique_name}.state"
     log = KafkaRecordLog(
@@ -46,10 +55,12 @@ async def test_kafka_down_writes_pending_then_delivered_in_order(
         redis_store, log, kafka_bootstrap=private_kafka.bootstrap, topic=topic, ack_timeout=1.0
     )
     status, _, _ = await api.call("POST", ENV, {"key": "prod"})
-    assert status == 201
+    assert status in (201, 202)  # 202 if creating the topic on the fresh broker is slow
     status, _, _ = await api.call("PUT", f"{ENV}/prod/flags/f1", FLAG)
-    assert status == 201
+    assert status in (201, 202)
+    await wait_outbox_empty(api.app, redis_store)
 
+    pending_before = await metric(api, 'flagstream_publisher_writes_total{result="pending"}')
     await asyncio.to_thread(private_kafka.stop)
     for i in range(5):
         status, body, _ = await api.call("PATCH", f"{ENV}/prod/flags/f1", {"salt": f"s{i}"})
@@ -60,9 +71,8 @@ async def test_kafka_down_writes_pending_then_delivered_in_order(
     assert await redis_store.outbox_depth() == 6  # durably queued, nothing lost
     status, body, _ = await api.call("GET", f"{ENV}/prod/flags/f1")
     assert body["version"] == 6 and body["salt"] == "s4"  # the store has it
-    async with api.client.get("/metrics") as resp:
-        metrics = await resp.text()
-    assert 'flagstream_publisher_writes_total{result="pending"} 6.0' in metrics
+    pending = await metric(api, 'flagstream_publisher_writes_total{result="pending"}')
+    assert pending - pending_before == 6
 
     await asyncio.to_thread(private_kafka.start, 240.0)
     await wait_outbox_empty(api.app, redis_store, seconds=90)
@@ -79,9 +89,7 @@ async def test_kafka_down_writes_pending_then_delivered_in_order(
     # Kafka is back: writes are acknowledged again
     status, body, _ = await api.call("PATCH", f"{ENV}/prod/flags/f1", {"on": False})
     assert status == 200 and body["version"] == 7
-    async with api.client.get("/metrics") as resp:
-        metrics = await resp.text()
-    assert "flagstream_publisher_kafka_errors_total 0.0" not in metrics
+    assert await metric(api, "flagstream_publisher_kafka_errors_total") > 0
 
 
 async def test_two_instances_one_forwarder_every_write_acknowledged_once(
@@ -99,9 +107,7 @@ async def test_two_instances_one_forwarder_every_write_acknowledged_once(
         statuses = []
         for i in range(6):
             api = (a, b)[i % 2]
-            status, _, _ = await api.call(
-                "PUT", f"{ENV}/prod/flags/f1", {**FLAG, "salt": str(i)}
-            )
+            status, _, _ = await api.call("PUT", f"{ENV}/prod/flags/f1", {**FLAG, "salt": str(i)})
             statuses.append(status)
         assert statuses == [201] + [200] * 5  # both instances see their writes acknowledged
 

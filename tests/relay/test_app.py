@@ -28,7 +28,7 @@ from relay_support import (
 )
 
 from protocol.keys import partition_for, record_key
-from relay.app import FOLLOWER_KEY
+from relay.app import FOLLOWER_KEY, HUB_KEY
 from relay.source import KafkaSource
 
 pytestmark = pytest.mark.integration
@@ -181,6 +181,20 @@ async def test_operations_endpoints_and_no_secrets(
         ):
             assert name in text, name
         assert "secret-flag-name" not in text and KEY not in text
+
+        # HEAD does not open a stream.
+        async with session.head(relay.url + "/all", headers={"Authorization": KEY}) as r:
+            assert r.status == 405
+        # Draining: not ready for load balancers, and new streams are refused with 503.
+        await relay.app[HUB_KEY].drain(0)
+        status, headers, _ = await get(session, relay.url + "/readyz")
+        assert status == 503 and "Retry-After" in headers
+        status, headers, _ = await get(session, relay.url + "/all", Authorization=KEY)
+        assert status == 503 and "Retry-After" in headers
+        assert (
+            metric(relay.metrics, "flagstream_relay_connections_rejected_total", {"reason": "full"})
+            == 1
+        )
 
 
 async def test_readyz_flips_only_when_the_bootstrap_caught_up(

@@ -157,6 +157,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def running_hub(
     detach: bool,
     before_stream: Callable[[Hub, web.Request], None] | None = None,
+    *,
+    slow_prepare: bool = False,
     **overrides: Any,
 ) -> AsyncIterator[tuple[Hub, RelayMetrics, int]]:
     """A hub behind ``/all`` and ``/flags`` on a free loopback port."""
@@ -180,6 +182,12 @@ async def running_hub(
     app = web.Application()
     app.router.add_get("/all", stream)
     app.router.add_get("/flags", stream)
+    if slow_prepare:
+
+        async def slow(request: web.Request, response: web.StreamResponse) -> None:
+            await asyncio.sleep(0.1)  # the loop runs on while the headers are prepared
+
+        app.on_response_prepare.append(slow)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -240,17 +248,58 @@ async def test_change_reaches_every_stream_once_encoded(detach: bool) -> None:
 
 async def test_changes_in_the_initial_payload_are_not_resent(detach: bool) -> None:
     def publish_then_register(hub: Hub, request: web.Request) -> None:
-        # Applied (and pending) before this stream's snapshot at offset 20.
-        hub.publish(change("old", 1, offset=20))
+        if "pub" in request.query:
+            # Applied (and still pending) before this stream's snapshot at offset 20.
+            hub.publish(change("old", 1, offset=20))
 
     async with running_hub(detach, publish_then_register) as (hub, _, port):
-        c = await StreamClient.open(port, "/all?start=20")
-        assert await c.head() == 200
+        earlier = await StreamClient.open(port, "/all?start=10")
+        assert await earlier.head() == 200
         await wait_for(lambda: hub.connection_count() == 1)
+        later = await StreamClient.open(port, "/all?start=20&pub=1")
+        assert await later.head() == 200
+        await wait_for(lambda: hub.connection_count() == 2)
         hub.publish(change("new", 1, offset=21))
-        items = await c.until(lambda i: len(events_of(i)) >= 2)
+        await hub.wait_idle()
+        await earlier.until(lambda i: len(events_of(i)) >= 3)
+        items = await later.until(lambda i: len(events_of(i)) >= 2)
         await asyncio.sleep(0.05)
+        assert [e.id for e in events_of(earlier.items)] == ["e0:0", "e0:20", "e0:21"]
         assert [e.id for e in events_of(items)] == ["e0:0", "e0:21"]
+        earlier.close()
+        later.close()
+
+
+async def test_a_change_of_an_environment_without_streams_is_dropped(detach: bool) -> None:
+    async with running_hub(detach) as (hub, metrics, _):
+        hub.publish(change("f", 1, offset=1, env="nobody"))
+        hub.publish(change("f", 2, offset=2, env="nobody"))
+        assert hub.stats()["pending_changes"] == 0
+        assert sample(metrics, "coalesced_updates_total") == 0
+
+
+async def test_changes_published_while_the_headers_are_prepared_are_not_lost(
+    detach: bool,
+) -> None:
+    def publish_soon(hub: Hub, request: web.Request) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.02, hub.publish, change("during", 1, offset=31))
+        loop.call_later(0.04, hub.publish, change("during", 2, offset=32))
+
+    async with running_hub(detach, publish_soon, slow_prepare=True) as (hub, _, port):
+        c = await StreamClient.open(port, "/all?start=30")
+        assert await c.head() == 200
+        items = await c.until(lambda i: any(e.id == "e0:32" for e in events_of(i)))
+        await hub.wait_idle()
+        await asyncio.sleep(0.05)
+        # The initial payload, then the changes queued while the headers were prepared
+        # (coalesced into the final version if both publishes fell into one loop tick).
+        assert [e.id for e in events_of(items)] in (
+            ["e0:0", "e0:31", "e0:32"],
+            ["e0:0", "e0:32"],
+        )
+        hub.publish(change("after", 1, offset=33))
+        await c.until(lambda i: any(e.id == "e0:33" for e in events_of(i)))
         c.close()
 
 
@@ -440,4 +489,52 @@ async def test_fanout_delay_is_observed_per_change(detach: bool) -> None:
         stats = hub.stats()
         assert stats["connections"] == 1 and stats["streams"]["all"] == 1
         assert "pid" in stats and "worker" in stats
+        c.close()
+
+
+async def test_a_detached_stream_is_released_by_aiohttp_and_kept_by_the_hub() -> None:
+    hub = Hub(RelaySettings(heartbeat_interval=60.0), RelayMetrics())
+    hub.detach = True
+    returned: list[int] = []
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = await hub.serve_stream(
+            request, env="env-a", stream="all", initial=INITIAL, start_offset=0
+        )
+        returned.append(hub.connection_count())
+        return response
+
+    app = web.Application()
+    app.router.add_get("/all", stream)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        client = await StreamClient.open(runner.addresses[0][1])
+        assert await client.head() == 200
+        await wait_for(lambda: returned == [1])  # the handler is done, the stream is not
+        assert runner.server is not None and not runner.server.connections
+        hub.publish(change("f", 1, offset=3))
+        await hub.wait_idle()
+        items = await client.until(lambda i: any(e.id == "e0:3" for e in events_of(i)))
+        assert not client.eof and not client.http.done  # aiohttp wrote no end of body
+        assert [e.id for e in events_of(items)] == ["e0:0", "e0:3"]
+        client.close()
+        await wait_for(lambda: hub.connection_count() == 0)
+    finally:
+        await hub.drain(0)
+        await runner.cleanup()
+
+
+async def test_streams_get_a_kernel_timeout_for_vanished_peers(detach: bool) -> None:
+    async with running_hub(detach, heartbeat_interval=20.0) as (hub, _, port):
+        c = await StreamClient.open(port)
+        assert await c.head() == 200
+        await wait_for(lambda: hub.connection_count() == 1)
+        (conn,) = [x for env in hub._envs.values() for g in env.groups.values() for x in g]
+        assert conn.transport is not None
+        sock = conn.transport.get_extra_info("socket")
+        value = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+        assert value == 60_000  # max(30 s, 3 heartbeats)
         c.close()

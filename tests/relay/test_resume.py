@@ -212,3 +212,62 @@ async def test_unknown_epoch_or_malformed_id_gets_a_full_put(
                 assert set(event_data(put)["data"]["flags"]) == {"a", "b"}
         assert metric(relay.metrics, "flagstream_relay_full_puts_total") == len(ids)
         assert metric(relay.metrics, "flagstream_relay_resumptions_total") == 0
+
+
+async def test_position_beyond_the_end_of_the_log_gets_a_full_put_after_the_wait(
+    kafka_bootstrap: str, topic: str, producer: Producer, session: aiohttp.ClientSession
+) -> None:
+    """Same epoch but an offset Kafka itself does not have (offsets rewound by an unclean
+    failover, or a forged id): waiting cannot help, so after ``catchup_wait`` a full put."""
+    settings = relay_settings(kafka_bootstrap, topic, catchup_wait=0.5)
+    async with run_relay(settings) as relay:
+        await wait_ready(relay)
+        await wait_until(lambda: relay.state.high_watermarks)
+        beyond = f"{relay.state.epoch}:{10**9}"
+        async with sse(session, relay.url + "/all", KEY, last_event_id=beyond) as s:
+            (put,) = await s.wait_events(1)
+            assert put.event == "put"
+            assert set(event_data(put)["data"]["flags"]) == {"a", "b"}
+        assert metric(relay.metrics, "flagstream_relay_catchup_holds_total") == 1
+        assert metric(relay.metrics, "flagstream_relay_full_puts_total") == 1
+
+
+async def test_recreated_topic_is_a_new_epoch_and_old_positions_get_a_full_put(
+    kafka_bootstrap: str, topic: str, producer: Producer, session: aiohttp.ClientSession
+) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async with run_relay(relay_settings(kafka_bootstrap, topic, stale_after=1.0)) as relay:
+        await wait_ready(relay)
+        old_epoch = relay.state.epoch
+        async with sse(session, relay.url + "/all", KEY) as s:
+            (put,) = await s.wait_events(1)
+        old_id = put.id
+        assert old_id is not None and old_id.startswith(f"{old_epoch}:")
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics([topic])
+        finally:
+            await admin.close()
+        for _ in range(40):  # deletion is asynchronous in the broker
+            try:
+                await create_topic(kafka_bootstrap, topic, PARTITIONS)
+                break
+            except RuntimeError:
+                await asyncio.sleep(0.25)
+        async with Producer(kafka_bootstrap, topic, PARTITIONS) as p2:
+            await p2.send(env_envelope("prod", [KEY]))
+            await p2.send(item_envelope("prod", "flag", flag("fresh", 1)))
+
+        def rebuilt() -> bool:
+            env = relay.state.environments.get("prod")
+            return relay.state.epoch != old_epoch and env is not None and bool(env.items)
+
+        await wait_until(rebuilt, 60)
+        async with sse(session, relay.url + "/all", KEY, last_event_id=old_id) as s:
+            (put,) = await s.wait_events(1)
+            assert put.event == "put" and put.id is not None
+            assert put.id.startswith(f"{relay.state.epoch}:")
+            assert set(event_data(put)["data"]["flags"]) == {"fresh"}

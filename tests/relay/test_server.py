@@ -32,13 +32,8 @@ pytestmark = pytest.mark.e2e
 SDK_KEY = "sdk-fanout-test-key"
 ENV = "production"
 
-_RELAY_MAIN = """
-import logging, sys
-logging.basicConfig(level=logging.INFO, format="%(process)d %(name)s %(message)s")
-from relay.config import RelaySettings
-from relay.server import serve
-sys.exit(serve(RelaySettings()))
-"""
+# The operator's command (``flagstream relay`` runs the same ``relay.cli.main``).
+RELAY_COMMAND = [sys.executable, "-m", "relay.cli"]
 
 
 @dataclass
@@ -79,7 +74,7 @@ def relay_process(
     log_path = tmp_path / f"relay-{port}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-c", _RELAY_MAIN],
+            RELAY_COMMAND,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -216,9 +211,7 @@ def test_a_port_held_without_reuseport_is_a_clear_error(tmp_path: Path) -> None:
     env = dict(os.environ, FLAGSTREAM_RELAY_PORT=str(port), FLAGSTREAM_RELAY_WORKERS="1")
     try:
         started = time.monotonic()
-        done = subprocess.run(
-            [sys.executable, "-c", _RELAY_MAIN], env=env, capture_output=True, timeout=60
-        )
+        done = subprocess.run(RELAY_COMMAND, env=env, capture_output=True, timeout=60)
     finally:
         holder.close()
     assert done.returncode == 2

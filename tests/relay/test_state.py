@@ -40,6 +40,7 @@ def parse(body: bytes) -> list[SSEEvent]:
 
 def test_applies_items_and_ignores_versions_not_greater() -> None:
     state, metrics = new_state()
+    state.set_bootstrap_targets({0: 0, 1: 0, 2: 0})  # ready: changes are published
     log = RecordLog()
     changes: list[Change] = []
     state.listeners.append(changes.append)
@@ -226,9 +227,12 @@ async def test_wait_consumed_wakes_when_the_partition_reaches_the_offset() -> No
 
 def test_a_failing_listener_does_not_stop_applying() -> None:
     state, _ = new_state()
+    state.set_bootstrap_targets({})
     log = RecordLog()
+    calls: list[Change] = []
 
     def broken(change: Change) -> None:
+        calls.append(change)
         raise RuntimeError("boom")
 
     state.listeners.append(broken)
@@ -242,3 +246,18 @@ def test_a_failing_listener_does_not_stop_applying() -> None:
         )
         == 2
     )
+    assert len(calls) == 2
+
+
+def test_nothing_is_published_during_the_bootstrap() -> None:
+    state, _ = new_state(partitions=1)
+    log = RecordLog(partitions=1)
+    changes: list[Change] = []
+    state.listeners.append(changes.append)
+    state.set_bootstrap_targets({0: 2})
+    feed(state, [log.record(item_envelope("prod", "flag", flag("a", 1)))])
+    assert changes == [] and not state.ready
+    feed(state, [log.record(item_envelope("prod", "flag", flag("a", 2)))])
+    assert state.ready
+    feed(state, [log.record(item_envelope("prod", "flag", flag("a", 3)))])
+    assert [c.version for c in changes] == [3]

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 from stack_support import create_topic, end_offsets, idempotent_producer, read_all
 
-from flagstream.stack import kafka_probe
+from flagstream.stack import cds, kafka_probe
+from flagstream.stack.jars import ensure_jars
 from flagstream.stack.kafka import KafkaBroker, _cluster_id
 
 pytestmark = pytest.mark.integration
@@ -98,6 +100,10 @@ def test_cluster_ids_are_kafka_uuids() -> None:
         assert len(cid) == 22 and not cid.startswith("-")
 
 
+def _archive_exists(version: str) -> bool:
+    return any(ensure_jars(version).glob("kafka-cds-*.jsa"))
+
+
 async def _write(bootstrap: str, topic: str, values: list[bytes]) -> None:
     producer = idempotent_producer(bootstrap)
     await producer.start()
@@ -114,6 +120,9 @@ async def test_private_broker_keeps_its_data_across_stop_and_kill(
     broker = private_kafka
     first_pid = broker.pid
     assert first_pid is not None and broker.is_ready()
+    if cds.enabled() and await asyncio.to_thread(_archive_exists, broker.version):
+        cmdline = await asyncio.to_thread(Path(f"/proc/{first_pid}/cmdline").read_bytes)
+        assert b"-XX:SharedArchiveFile=" in cmdline
     # start() of a running broker of the same directory reuses it.
     twin = KafkaBroker(broker.data_dir, broker.port, broker.controller_port)
     await asyncio.to_thread(twin.start, 30)

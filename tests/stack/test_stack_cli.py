@@ -36,10 +36,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 @pytest.fixture
 def private_args(tmp_path: Path) -> Iterator[list[str]]:
     """CLI options for a private stack; whatever it started is stopped afterwards."""
-    ports: set[int] = set()
-    while len(ports) < 3:
-        ports.add(process.free_port())
-    kafka, controller, redis = sorted(ports)
+    kafka, controller, redis = process.free_ports(3)
     args = [
         "--data-dir",
         str(tmp_path / "stack"),
