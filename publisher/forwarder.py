@@ -55,6 +55,7 @@ class Forwarder:
         backoff_initial: float = 0.2,
         backoff_max: float = 5.0,
         waiter_poll: float = 0.1,
+        stall_after: float = 5.0,
     ) -> None:
         self._store = store
         self._log = log
@@ -66,6 +67,7 @@ class Forwarder:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._waiter_poll = waiter_poll
+        self._stall_after = stall_after
         self._kick = asyncio.Event()
         self._stopping = asyncio.Event()
         self._waiters: dict[str, asyncio.Future[None]] = {}
@@ -208,6 +210,28 @@ class Forwarder:
             await asyncio.wait_for(self._kick.wait(), seconds)
         self._kick.clear()
 
+    async def _send_all(self, entries: list[OutboxEntry]) -> list[object]:
+        """Send a batch in order; count a Kafka error for every ``stall_after`` without an ack.
+
+        The producer retries on its own while the broker is away, so a send may neither
+        succeed nor fail for a long time: that stall is what operators need to see.
+        """
+        batch = asyncio.gather(
+            *(self._log.send(e.record.env, e.record.key, e.record.value) for e in entries),
+            return_exceptions=True,
+        )
+        while True:
+            done, _ = await asyncio.wait({batch}, timeout=self._stall_after)
+            if done:
+                return list(batch.result())
+            self.kafka_ok = False
+            self._metrics.kafka_errors.inc()
+            _log.warning(
+                "forwarder: Kafka has not acknowledged %d record(s) for %.0fs; still retrying",
+                len(entries),
+                self._stall_after,
+            )
+
     async def _step(self) -> bool:
         """Forward one batch; True if it made progress. Raises on store or log failure."""
         fence = self._fence
@@ -225,10 +249,7 @@ class Forwarder:
             return False
         if fence != self._fence or not self._lease_fresh():
             return False  # lost the lease while reading: the new leader sends these
-        results = await asyncio.gather(
-            *(self._log.send(e.record.env, e.record.key, e.record.value) for e in entries),
-            return_exceptions=True,
-        )
+        results = await self._send_all(entries)
         acked: list[OutboxEntry] = []
         failure: BaseException | None = None
         for entry, result in zip(entries, results, strict=True):

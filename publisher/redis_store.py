@@ -15,14 +15,16 @@ Layout (every key under the configured prefix, ``flagstream:`` by default)::
 
 Each write is ONE Lua script (check precondition, store state, XADD outbox, LPUSH audit), so
 Redis applies all of it or none of it, and a replica or AOF replay sees it as one unit.
-Commands are not retried by the client: a write whose connection fails is reported as
-``StoreUnavailable`` and the caller decides (a retried compare-and-set would turn into a
-spurious conflict).
+Writes are idempotent: each call carries a fresh write id, and the script records it (10 min
+TTL) with the outbox id it produced. So the client may retry a command once on a connection
+error (a pooled connection that went stale when Redis restarted) without ever applying a write
+twice or turning its own success into a conflict.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -51,8 +53,10 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 _WRITE_ITEM = """
--- KEYS: envs, items, versions, outbox, audit
+-- KEYS: envs, items, versions, outbox, audit, write-id marker
 -- ARGV: env, key, item, version, expected, rkey, rvalue, now_ms, audit, audit_max
+local done = redis.call('GET', KEYS[6])
+if done then return {'ok', done} end
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return {'noenv'} end
 local cur = tonumber(redis.call('HGET', KEYS[3], ARGV[2]) or '0')
 if cur ~= tonumber(ARGV[5]) or tonumber(ARGV[4]) ~= cur + 1 then
@@ -64,12 +68,15 @@ local id = redis.call('XADD', KEYS[4], '*', 'env', ARGV[1], 'k', ARGV[6], 'v', A
                       't', ARGV[8])
 redis.call('LPUSH', KEYS[5], ARGV[9])
 redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[10]) - 1)
+redis.call('SET', KEYS[6], id, 'PX', 600000)
 return {'ok', id}
 """
 
 _WRITE_ENV = """
--- KEYS: envs, env_versions, outbox, audit
+-- KEYS: envs, env_versions, outbox, audit, write-id marker
 -- ARGV: env, record, version, expected, rkey, rvalue, now_ms, audit, audit_max
+local done = redis.call('GET', KEYS[5])
+if done then return {'ok', done} end
 local expected = tonumber(ARGV[4])
 if expected == 0 and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return {'exists'} end
 local cur = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
@@ -80,6 +87,7 @@ local id = redis.call('XADD', KEYS[3], '*', 'env', ARGV[1], 'k', ARGV[5], 'v', A
                       't', ARGV[7])
 redis.call('LPUSH', KEYS[4], ARGV[8])
 redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[9]) - 1)
+redis.call('SET', KEYS[5], id, 'PX', 600000)
 return {'ok', id}
 """
 
@@ -183,7 +191,7 @@ class RedisStore:
             url,
             socket_connect_timeout=connect_timeout,
             socket_timeout=command_timeout,
-            retry=Retry(NoBackoff(), 0),
+            retry=Retry(NoBackoff(), 1),
             health_check_interval=10,
         )
         self._write_item = self._r.register_script(_WRITE_ITEM)
@@ -231,6 +239,7 @@ class RedisStore:
                 self._k("env_versions"),
                 self._k("outbox"),
                 self._audit(record.key),
+                self._write_marker(),
             ],
             args=[
                 record.key,
@@ -247,6 +256,9 @@ class RedisStore:
         return self._outcome(result, record.key)
 
     # -- items -------------------------------------------------------------------------
+    def _write_marker(self) -> str:
+        return self._k("write", uuid.uuid4().hex)
+
     def _items(self, env: str, kind: str) -> str:
         return self._k("items", env, kind)
 
@@ -283,6 +295,7 @@ class RedisStore:
                 self._k("versions", env, kind),
                 self._k("outbox"),
                 self._audit(env),
+                self._write_marker(),
             ],
             args=[
                 env,

@@ -363,7 +363,7 @@ class Hub:
             if hasattr(inner, "transport"):
                 inner.transport = None
             inner.connection_lost(None)
-        _set_user_timeout(transport, self._user_timeout_ms)
+        conn.fd = _stream_socket_setup(transport, self._user_timeout_ms)
         queued = conn.pending or ()
         conn.pending = None
         env = self._envs[conn.env]
@@ -410,7 +410,7 @@ class Hub:
         conn.transport = None
         conn.pending = None
         if transport is not None and not transport.is_closing():
-            if reason == "evicted" or transport.get_write_buffer_size() > 0:
+            if reason in ("evicted", "client") or transport.get_write_buffer_size() > 0:
                 # Behind already: free its unsent bytes now; the SDK resumes by position.
                 transport.abort()
             else:
@@ -497,8 +497,8 @@ class Hub:
         writes = 0
         extra_events = 0
         extra_bytes = 0
-        for i in range(start, end):
-            c = conns[i]
+        send = os.write
+        for c in conns[start:end]:
             if c.closed:
                 continue
             if c.start_offset >= first:
@@ -513,18 +513,34 @@ class Hub:
                 writes += 1
             t = c.transport
             assert t is not None
+            if t.get_write_buffer_size() or t.is_closing() or c.fd < 0:
+                # Bytes already queued (keep their order) or closing: through the transport.
+                self._write_buffered(c, t, data)
+                continue
+            # Nothing queued: one send() straight to the socket, as the kernel floor does.
+            # is_closing() above guarantees the descriptor is still this stream's.
             try:
-                t.write(data)
-            except (OSError, RuntimeError):
+                sent = send(c.fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
                 self._close(c, "client")
                 continue
-            if t.get_write_buffer_size() > c.limit:
-                self._close(c, "evicted")
+            if sent < len(data):
+                self._write_buffered(c, t, data[sent:])
         job.index = end
         if batch.events:
             job.events += writes * nframes + extra_events
         job.bytes += writes * len(whole) + extra_bytes
         return end - start
+
+    def _write_buffered(self, c: Connection, t: asyncio.Transport, data: bytes) -> None:
+        if t.is_closing():
+            self._close(c, "client")
+            return
+        t.write(data)
+        if t.get_write_buffer_size() > c.limit:
+            self._close(c, "evicted")
 
     def _finish(self, job: _Job) -> None:
         m = self._metrics
@@ -586,12 +602,18 @@ class Hub:
             self._run()
 
 
-def _set_user_timeout(transport: asyncio.Transport, ms: int) -> None:
+def _stream_socket_setup(transport: asyncio.Transport, user_timeout_ms: int) -> int:
+    """Set the stream's TCP_USER_TIMEOUT; return its descriptor (-1: write via transport)."""
     sock = transport.get_extra_info("socket")
-    if sock is None or not hasattr(socket, "TCP_USER_TIMEOUT"):
-        return
-    with contextlib.suppress(OSError, AttributeError, ValueError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, ms)
+    if sock is None:
+        return -1
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, user_timeout_ms)
+    try:
+        return int(sock.fileno())
+    except (OSError, AttributeError, ValueError):
+        return -1
 
 
 def _offset(change: Change) -> int:

@@ -56,6 +56,7 @@ class Connection:
         "deadline",
         "done",
         "env",
+        "fd",
         "kind",
         "limit",
         "pending",
@@ -77,6 +78,8 @@ class Connection:
         # Resolved with the close reason when the stream ends (None: nobody waits, detached).
         self.done = done
         self.transport: asyncio.Transport | None = None  # None until taken over
+        # The socket's descriptor, for direct send() while nothing is queued (-1: never).
+        self.fd = -1
         self.chunked = True
         self.closed = False
         # Unframed bytes published while the response headers were being prepared.

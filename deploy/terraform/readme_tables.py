@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import hcl2
+
+# Both distributions of the ``hcl2`` package provide loads(); only one declares it exported.
+hcl2_loads: Callable[[str], dict[str, Any]] = hcl2.__dict__["loads"]
 
 HERE = Path(__file__).resolve().parent
 DIRS = [
@@ -27,7 +31,7 @@ DIRS = [
 ]
 BEGIN, END = "<!-- BEGIN_TF_DOCS -->", "<!-- END_TF_DOCS -->"
 META = {"__start_line__", "__end_line__", "__is_block__", "__comments__", "__inline_comments__"}
-WRAPPED = isinstance(hcl2.loads("a = 1\n")["a"], list)
+WRAPPED = isinstance(hcl2_loads("a = 1\n")["a"], list)
 
 
 def _unquote(text: str) -> str:
@@ -60,7 +64,7 @@ def _attr(body: dict[str, Any], name: str) -> Any:
 def _blocks(directory: Path, kind: str) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for path in sorted(directory.glob("*.tf")):
-        for entry in hcl2.loads(path.read_text()).get(kind, []):
+        for entry in hcl2_loads(path.read_text()).get(kind, []):
             for label, body in entry.items():
                 out[_unquote(label)] = body
     return out
@@ -81,7 +85,13 @@ def _default(body: dict[str, Any]) -> str:
     if "default" not in body:
         return "**required**"
     value = _attr(body, "default")
-    text = "null" if value is None else json.dumps(value) if not isinstance(value, str) else f'"{value}"'
+    text = (
+        "null"
+        if value is None
+        else json.dumps(value)
+        if not isinstance(value, str)
+        else f'"{value}"'
+    )
     if len(text) > 60:
         text = text[:57] + "..."
     return f"`{text}`"
@@ -97,9 +107,8 @@ def render(directory: Path) -> str:
     lines = ["### Inputs", "", "| Name | Type | Default | Description |", "|---|---|---|---|"]
     for name in sorted(variables, key=lambda n: ("default" in variables[n], n)):
         body = variables[name]
-        lines.append(
-            f"| `{name}` | `{_cell(_type(body))}` | {_default(body)} | {_cell(_attr(body, 'description'))} |"
-        )
+        description = _cell(_attr(body, "description"))
+        lines.append(f"| `{name}` | `{_cell(_type(body))}` | {_default(body)} | {description} |")
     lines += ["", "### Outputs", "", "| Name | Description |", "|---|---|"]
     for name in sorted(outputs):
         lines.append(f"| `{name}` | {_cell(_attr(outputs[name], 'description'))} |")
@@ -126,7 +135,10 @@ def main(argv: list[str]) -> int:
                 print(f"updated {readme.relative_to(HERE)}")
     if check and stale:
         for readme in stale:
-            print(f"stale tables: {readme.relative_to(HERE)} (run: python {Path(__file__).name})", file=sys.stderr)
+            print(
+                f"stale tables: {readme.relative_to(HERE)} (run: python {Path(__file__).name})",
+                file=sys.stderr,
+            )
         return 1
     return 0
 

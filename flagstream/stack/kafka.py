@@ -235,9 +235,10 @@ class KafkaBroker:
             "-cp",
             f"{jars}/*",
         ]
+        base[1:1] = archive_opts
         self._format_storage(base)
         self._proc = process.spawn_detached(
-            [*base[:1], *archive_opts, *base[1:], MAIN_CLASS, str(self.config_path)],
+            [*base, MAIN_CLASS, str(self.config_path)],
             log=self.stdout_path,
             cwd=self.data_dir,
         )

@@ -32,7 +32,9 @@ pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 TF = REPO / "deploy" / "terraform"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "flagstream" / "tools"
+DEFAULT_CACHE = (
+    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "flagstream" / "tools"
+)
 
 
 def _find_binary() -> str | None:
@@ -48,10 +50,13 @@ def _find_binary() -> str | None:
 
 BINARY = _find_binary()
 if BINARY is None:
-    pytest.skip("no OpenTofu/Terraform binary (run deploy/terraform/check.sh)", allow_module_level=True)
+    pytest.skip(
+        "no OpenTofu/Terraform binary (run deploy/terraform/check.sh)", allow_module_level=True
+    )
 
 
 def run(args: list[str], cwd: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    assert BINARY is not None
     rc_file = tmp_path / "empty.tfrc"
     rc_file.write_text("")
     env = {
@@ -79,17 +84,23 @@ def variables_only(module: Path, tmp_path: Path) -> Path:
     return work
 
 
-def plan(work: Path, tmp_path: Path, var_file: Path, overrides: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def plan(
+    work: Path, tmp_path: Path, var_file: Path, overrides: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
     args = ["plan", "-input=false", "-lock=false", f"-var-file={var_file}"]
     for key, value in overrides.items():
         args.append(f"-var={key}={value}")
     return run(args, work, tmp_path)
 
 
-MODULE_FIXTURES = {
+MODULE_FIXTURES: dict[str, tuple[Path, Path, dict[str, str]]] = {
     "relay-region": (TF / "modules" / "relay-region", FIXTURES / "relay-region.tfvars", {}),
     "publisher": (TF / "modules" / "publisher", FIXTURES / "publisher.tfvars", {}),
-    "prometheus-sidecar": (TF / "modules" / "prometheus-sidecar", FIXTURES / "prometheus-sidecar.tfvars", {}),
+    "prometheus-sidecar": (
+        TF / "modules" / "prometheus-sidecar",
+        FIXTURES / "prometheus-sidecar.tfvars",
+        {},
+    ),
     "multi-region": (
         TF / "examples" / "multi-region",
         TF / "examples" / "multi-region" / "terraform.tfvars.example",
@@ -130,8 +141,19 @@ BAD_VALUES = [
     ("publisher", "redis_replicas", "0", "between 1 and 5"),
     ("publisher", "redis_engine", '"memcached"', "redis or valkey"),
     ("prometheus-sidecar", "cloudwatch_namespace", '"AWS/ECS"', "not start with AWS/"),
-    ("prometheus-sidecar", "cloudwatch_metric_selectors", '["(unclosed"]', "valid regular expression"),
-    ("multi-region", "regions", '{ "mars-north-1" = { vpc_id = "v", task_subnet_ids = [], lb_subnet_ids = [], kafka_bootstrap = "k:1", certificate_arn = "c" } }', "regions keys must be among"),
+    (
+        "prometheus-sidecar",
+        "cloudwatch_metric_selectors",
+        '["(unclosed"]',
+        "valid regular expression",
+    ),
+    (
+        "multi-region",
+        "regions",
+        '{ "mars-north-1" = { vpc_id = "v", task_subnet_ids = [], lb_subnet_ids = [],'
+        ' kafka_bootstrap = "k:1", certificate_arn = "c" } }',
+        "regions keys must be among",
+    ),
 ]
 
 
@@ -140,9 +162,13 @@ BAD_VALUES = [
     BAD_VALUES,
     ids=[f"{m}.{v}={val[:24]}" for m, v, val, _ in BAD_VALUES],
 )
-def test_variables_refuse_bad_value(name: str, variable: str, value: str, message: str, tmp_path: Path) -> None:
+def test_variables_refuse_bad_value(
+    name: str, variable: str, value: str, message: str, tmp_path: Path
+) -> None:
     module, var_file, overrides = MODULE_FIXTURES[name]
-    result = plan(variables_only(module, tmp_path), tmp_path, var_file, {**overrides, variable: value})
+    result = plan(
+        variables_only(module, tmp_path), tmp_path, var_file, {**overrides, variable: value}
+    )
     output = " ".join((result.stdout + result.stderr).split())
     assert result.returncode != 0, f"{name}: {variable}={value} was accepted"
     assert message in output, output[-800:]
@@ -152,8 +178,11 @@ def test_sidecar_validates_and_renders(tmp_path: Path) -> None:
     work = tmp_path / "prometheus-sidecar"
     shutil.copytree(TF / "modules" / "prometheus-sidecar", work)
     shutil.copy(FIXTURES / "prometheus-sidecar.tfvars", work / "terraform.tfvars")
-    for args in (["init", "-input=false", "-backend=false"], ["validate"],
-                 ["apply", "-input=false", "-lock=false", "-auto-approve"]):
+    for args in (
+        ["init", "-input=false", "-backend=false"],
+        ["validate"],
+        ["apply", "-input=false", "-lock=false", "-auto-approve"],
+    ):
         result = run(args, work, tmp_path)
         assert result.returncode == 0, f"{args[0]}: {result.stdout}{result.stderr}"
     result = run(["output", "-json"], work, tmp_path)
@@ -171,5 +200,8 @@ def test_sidecar_validates_and_renders(tmp_path: Path) -> None:
     emf = config["exporters"]["awsemf"]
     assert emf["namespace"] == "Flagstream/Relay"
     assert emf["metric_declarations"][0]["dimensions"] == [["ClusterName", "ServiceName"]]
-    assert set(config["service"]["pipelines"]["metrics"]["exporters"]) == {"awsemf", "prometheusremotewrite"}
+    assert set(config["service"]["pipelines"]["metrics"]["exporters"]) == {
+        "awsemf",
+        "prometheusremotewrite",
+    }
     assert "sigv4auth" in config["extensions"]

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -42,6 +43,18 @@ class RelayProcess:
     port: int
     log_path: Path
 
+    def learn_port(self, within: float = 30.0) -> int:
+        """The port a relay started with ``port=0`` announced in its log."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            found = re.search(r"workers on http://127\.0\.0\.1:(\d+)", self.log())
+            if found:
+                self.port = int(found.group(1))
+                return self.port
+            assert self.proc.poll() is None, self.log()
+            time.sleep(0.05)
+        raise AssertionError("the relay announced no port: " + self.log())
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -57,8 +70,12 @@ class RelayProcess:
 def relay_process(
     tmp_path: Path, bootstrap: str, topic: str, **settings: Any
 ) -> Iterator[RelayProcess]:
-    """A relay started with ``relay.server.serve`` in its own session; killed if left over."""
-    port = free_port()
+    """A relay started with ``relay.server.serve`` in its own session; killed if left over.
+
+    ``port=0`` lets the relay choose; ``RelayProcess.port`` is then read from its log.
+    """
+    port = settings.pop("port", None)
+    port = free_port() if port is None else int(port)
     env = dict(os.environ)
     env.update(
         {

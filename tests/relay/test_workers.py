@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import aiohttp
 import pytest
 from relay_support import flag, item_envelope
 from test_hub import events_of
-from test_server import ENV, open_stream, relay_process, seeded, wait_ready
+from test_server import ENV, RelayProcess, open_stream, relay_process, seeded, wait_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -67,5 +70,48 @@ async def test_workers_share_the_port_and_each_serves_streams(
 
             for s in streams:
                 s.close()
+            relay.proc.send_signal(signal.SIGTERM)
+            assert relay.wait(20) == 0, relay.log()
+
+
+async def worker_pids(relay: RelayProcess, workers: int) -> dict[str, str]:
+    """worker index -> pid, from /status over fresh connections until every worker answered."""
+    seen: dict[str, str] = {}
+    for _ in range(200):
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.get(relay.url + "/status") as resp,
+        ):
+            body = await resp.json()
+            seen[str(body["hub"]["worker"])] = str(body["hub"]["pid"])
+        if len(seen) == workers:
+            return seen
+    raise AssertionError(f"only workers {seen} answered")
+
+
+async def test_a_dead_worker_is_replaced_on_the_same_port(
+    tmp_path: Path, kafka_bootstrap: str, unique_name: str
+) -> None:
+    async with seeded(kafka_bootstrap, unique_name):
+        with relay_process(
+            tmp_path, kafka_bootstrap, unique_name, workers=2, port=0, drain_window=1
+        ) as relay:
+            relay.learn_port()  # the supervisor chose one free port for both workers
+            await wait_ready(relay)
+            before = await worker_pids(relay, 2)
+            os.kill(int(before["0"]), signal.SIGKILL)
+            # The supervisor starts a new worker 0; until it is ready the other one serves.
+            after = before
+            async with asyncio.timeout(60):
+                while after["0"] == before["0"]:
+                    await asyncio.sleep(0.5)
+                    with contextlib.suppress(aiohttp.ClientError):
+                        after = await worker_pids(relay, 2)
+            assert after["1"] == before["1"]
+            await wait_ready(relay)
+            stream = await open_stream(relay)
+            assert (await stream.until(lambda i: len(events_of(i)) >= 1, 10))[0]
+            stream.close()
             relay.proc.send_signal(signal.SIGTERM)
             assert relay.wait(20) == 0, relay.log()

@@ -43,6 +43,10 @@ locals {
 
   relay_workers = coalesce(var.relay_workers, max(1, floor(var.cpu / 1024)))
 
+  # The relay caps connections per worker process (docs/operations.md "Sizing"), so the
+  # per-task budget is split across the workers.
+  max_connections_per_worker = ceil(var.max_connections_per_task / local.relay_workers)
+
   # What the scaling policy compares the per-task gauge with.
   connections_target = (
     var.target_connections_per_task == null ? null :
@@ -61,7 +65,7 @@ locals {
       FLAGSTREAM_RELAY_WORKERS            = tostring(local.relay_workers)
       FLAGSTREAM_RELAY_HEARTBEAT_INTERVAL = tostring(var.heartbeat_interval_seconds)
       FLAGSTREAM_RELAY_DRAIN_WINDOW       = tostring(var.drain_window_seconds)
-      FLAGSTREAM_RELAY_MAX_CONNECTIONS    = tostring(var.max_connections_per_task)
+      FLAGSTREAM_RELAY_MAX_CONNECTIONS    = tostring(local.max_connections_per_worker)
     },
     var.max_connection_lifetime_seconds == null ? {} : {
       FLAGSTREAM_RELAY_MAX_CONNECTION_LIFETIME = tostring(var.max_connection_lifetime_seconds)

@@ -92,3 +92,15 @@ resource "aws_vpc_security_group_egress_rule" "task_https" {
   cidr_ipv4         = each.value
   tags              = local.tags
 }
+
+resource "aws_vpc_security_group_egress_rule" "task_https_prefix_list" {
+  for_each = toset(var.https_egress_prefix_list_ids)
+
+  security_group_id = aws_security_group.task.id
+  description       = "HTTPS to ${each.value} (e.g. S3 gateway endpoint for ECR layers)"
+  ip_protocol       = "tcp"
+  from_port         = 443
+  to_port           = 443
+  prefix_list_id    = each.value
+  tags              = local.tags
+}

@@ -80,6 +80,17 @@ variable "https_egress_cidrs" {
   }
 }
 
+variable "https_egress_prefix_list_ids" {
+  type        = list(string)
+  description = "Managed prefix lists tasks may reach on 443, e.g. the S3 gateway endpoint's (ECR image layers are served from S3) when https_egress_cidrs is narrowed to interface endpoints."
+  default     = []
+
+  validation {
+    condition     = alltrue([for p in var.https_egress_prefix_list_ids : can(regex("^pl-[0-9a-f]{8,17}$", p))])
+    error_message = "https_egress_prefix_list_ids must contain prefix list ids (pl-...)."
+  }
+}
+
 variable "cross_zone_load_balancing" {
   type        = bool
   description = "Spread connections over tasks in every zone (recommended: with a few long-lived streams per task, per-zone balancing skews load). Costs inter-AZ data transfer."
@@ -279,7 +290,7 @@ variable "drain_margin_seconds" {
 
 variable "max_connections_per_task" {
   type        = number
-  description = "Streams one task accepts before answering 503 with Retry-After (FLAGSTREAM_RELAY_MAX_CONNECTIONS). Size it to the task's memory; keep the autoscaling target well below it."
+  description = "Streams one task accepts before answering 503 with Retry-After; split evenly over the workers (FLAGSTREAM_RELAY_MAX_CONNECTIONS is per worker). Size it to the task's memory; keep the autoscaling target well below it."
   default     = 20000
 
   validation {
@@ -415,8 +426,8 @@ variable "target_connections_per_task" {
 
 variable "relay_metrics_per_worker" {
   type        = bool
-  description = "Set when the relay's /metrics reports only the answering worker's streams (not the task total): the connection target is then divided by the worker count."
-  default     = false
+  description = "True while the relay keeps one metrics registry per worker process (its /metrics then reports the answering worker's streams, not the task total): the scaling target and alarm thresholds are divided by the worker count. Set false once /metrics aggregates all workers."
+  default     = true
 }
 
 variable "target_cpu_percent" {
