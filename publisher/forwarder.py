@@ -68,6 +68,7 @@ class Forwarder:
         self._backoff_max = backoff_max
         self._waiter_poll = waiter_poll
         self._stall_after = stall_after
+        self._depth_at = 0.0  # monotonic time of the last outbox depth update
         self._kick = asyncio.Event()
         self._stopping = asyncio.Event()
         self._waiters: dict[str, asyncio.Future[None]] = {}
@@ -125,10 +126,11 @@ class Forwarder:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return False
+                # The leader notifies its own waiters; polling the store is the fallback for
+                # entries another instance forwards (or a leadership change mid-wait).
+                poll = self._waiter_poll * (10 if self.is_leader else 1)
                 try:
-                    await asyncio.wait_for(
-                        asyncio.shield(future), min(remaining, self._waiter_poll)
-                    )
+                    await asyncio.wait_for(asyncio.shield(future), min(remaining, poll))
                     return True
                 except TimeoutError:
                     pass
@@ -265,7 +267,11 @@ class Forwarder:
             self._metrics.records_forwarded.inc(len(acked))
             self._notify(acked)
             self.kafka_ok = True
-        self._metrics.outbox_depth.set(await self._store.outbox_depth())
+        now = time.monotonic()
+        if failure is not None or now - self._depth_at > 0.5:
+            # one XLEN per half second is plenty for a gauge, and keeps the hot path short
+            self._depth_at = now
+            self._metrics.outbox_depth.set(await self._store.outbox_depth())
         if failure is not None:
             raise failure
         return True

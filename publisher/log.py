@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError
 
 from protocol.keys import partition_for
 
@@ -30,6 +32,7 @@ __all__ = ["KafkaRecordLog", "RecordLog", "ensure_topic"]
 _log = logging.getLogger("flagstream.publisher.log")
 
 _TOPIC_ALREADY_EXISTS = 36
+_RECONNECT_COOLDOWN = 1.0  # seconds
 
 
 class RecordLog(Protocol):
@@ -114,6 +117,7 @@ class KafkaRecordLog:
         self._linger_ms = linger_ms
         self._producer: AIOKafkaProducer | None = None
         self._broken = False
+        self._restart_failed_at = -_RECONNECT_COOLDOWN
         self._partitions: int | None = None
         # FIFO: asyncio.Lock wakes waiters in arrival order, so enqueue order = call order.
         self._enqueue = asyncio.Lock()
@@ -165,7 +169,15 @@ class KafkaRecordLog:
     async def send(self, partition_env: str, key: bytes, value: bytes) -> None:
         async with self._enqueue:
             if self._producer is None or self._broken:
-                await self._restart()
+                # Fail fast after a failed reconnect: the other sends of the same batch must
+                # not each wait a full connect timeout (the forwarder backs off and retries).
+                if time.monotonic() - self._restart_failed_at < _RECONNECT_COOLDOWN:
+                    raise KafkaConnectionError("Kafka is unreachable (reconnect failed)")
+                try:
+                    await self._restart()
+                except Exception:
+                    self._restart_failed_at = time.monotonic()
+                    raise
             producer = self._producer
             assert producer is not None
             partition = partition_for(partition_env, await self.partitions())

@@ -287,9 +287,12 @@ class Publisher:
         action: str,
     ) -> WriteResult:
         """Read-build-commit loop (see module docstring); ``build`` gets the live current item."""
-        await self.require_environment(env)
         for _ in range(_MAX_ATTEMPTS):
             current, version = await self._current(env, kind, key)
+            if current is None:
+                # Only an absent item needs the environment checked here (for the right 404
+                # before If-Match); the commit script checks it again atomically anyway.
+                await self.require_environment(env)
             live = current if current is not None and not current.get("deleted") else None
             _check_if_match(if_match, version, live is not None)
             if must_exist and live is None:

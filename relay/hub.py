@@ -12,8 +12,10 @@ Rules (in the order a change meets them):
    round takes every pending change of every environment that has listeners, orders them by
    offset, and encodes them ONCE per stream kind (``/all`` patch/delete events, legacy
    ``/flags`` events for flags only) into one batch, framed once per framing (HTTP/1.1
-   chunk, or raw). The same bytes object is written to every stream of that kind with
-   ``transport.write()``: no per-connection encoding, task or await.
+   chunk, or raw). The same bytes object is written to every stream of that kind: one
+   ``send()`` straight to the socket when nothing is queued on its transport (what the
+   kernel floor costs), else ``transport.write()`` so queued bytes keep their order. No
+   per-connection encoding, task or await.
 3. Changes already in a stream's initial payload are never re-sent: a stream registered at
    ``start_offset`` gets only the suffix of a batch with offsets greater than it (the rare
    case of a stream that registered while the batch was pending).

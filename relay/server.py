@@ -7,9 +7,10 @@ Rules:
   workers. Every response carries ``X-Flagstream-Worker: <index>/<pid>``, and ``/status``
   (``hub``) names the process too, so an operator always knows who answered.
 - ``workers == 1`` runs the worker in this process. ``workers > 1`` forks N workers and
-  supervises them: a worker that dies while the relay runs is restarted (after a short
-  pause); a worker that fails right after its start (port in use, bad config) stops the whole
-  relay with its exit code, since a restart would fail the same way.
+  supervises them: a worker that dies while the relay runs (crash, killed by a signal) is
+  restarted after a short pause; a worker that exits with an error right after its start
+  (port in use, bad config) stops the whole relay with its exit code, since a restart would
+  fail the same way.
 - SIGTERM drains: ``/readyz`` answers 503 at once, no new streams are accepted, open streams
   are closed spread evenly over ``drain_window`` (their SDKs reconnect elsewhere without a
   herd), then the worker exits 0. SIGINT does the same over a tenth of the window (at most
@@ -305,9 +306,15 @@ class _Supervisor:
                     if code != 0:
                         self.exit_code = 1
                     continue
-                if code != 0 and now - self.started[index] < _FAST_FAILURE_SECONDS:
+                if (
+                    code is not None
+                    and code > 0
+                    and now - self.started[index] < _FAST_FAILURE_SECONDS
+                ):
+                    # It exited by itself right away (port in use, bad config): a restart
+                    # would fail the same way. A worker killed by a signal is restarted.
                     log.error("relay worker %d failed at start (exit %s); stopping", index, code)
-                    self.exit_code = code if code > 0 else 1
+                    self.exit_code = code
                     self._on_signal(signal.SIGINT, None)
                     continue
                 log.warning("relay worker %d exited (code %s); restarting it", index, code)

@@ -37,6 +37,7 @@ from relay.state import SourceRecord, State
 log = logging.getLogger("flagstream.relay.source")
 
 __all__ = [
+    "DescribedSource",
     "Follower",
     "KafkaSource",
     "RecordSource",
@@ -95,6 +96,18 @@ class RecordSource(Protocol):
     async def fetch(self, timeout_ms: int) -> SourceBatch: ...
 
 
+class DescribedSource(RecordSource, Protocol):
+    """Optional extension: a source that can tell its current identity while tailing.
+
+    ``layout`` is the log's identity as of now (the follower asks about once a second): if
+    its epoch differs from what ``start`` returned, the log was re-created under the same
+    name and the follower restarts (and so rebuilds from the beginning). A source without
+    ``layout`` must instead fail ``fetch``/``high_watermarks`` when that happens.
+    """
+
+    async def layout(self) -> SourceLayout: ...
+
+
 # --- Kafka implementation -----------------------------------------------------------------
 
 
@@ -117,6 +130,8 @@ class KafkaSource:
         self.client_id = client_id
         self._consumer: Any = None
         self._tps: list[Any] = []
+        self._layout: SourceLayout | None = None
+        self._fallback = False
 
     async def start(self, from_offsets: Mapping[int, int]) -> SourceLayout:
         from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -145,7 +160,19 @@ class KafkaSource:
             parts = cluster.partitions_for_topic(self.topic)
             if not parts:
                 raise SourceUnavailable(f"topic {self.topic!r} has no partitions yet")
-            topic_id = await _topic_id(consumer._client, self.topic)
+            described = await _describe_topic(consumer._client, self.topic)
+            if described is None:
+                if not self._fallback:
+                    log.warning(
+                        "could not read the topic id of %r; the epoch falls back to the topic "
+                        "name and will not notice a re-created topic",
+                        self.topic,
+                    )
+                self._fallback = True
+                topic_id = f"name:{self.topic}"
+            else:
+                self._fallback = False
+                topic_id = described[0]
             self._tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
             consumer.assign(self._tps)
             for tp in self._tps:
@@ -160,7 +187,18 @@ class KafkaSource:
             await _quiet_stop(consumer)
             raise SourceUnavailable(f"Kafka unavailable: {type(exc).__name__}: {exc}") from exc
         self._consumer = consumer
-        return SourceLayout(topic_id=topic_id, partitions=len(self._tps))
+        self._layout = SourceLayout(topic_id=topic_id, partitions=len(self._tps))
+        return self._layout
+
+    async def layout(self) -> SourceLayout:
+        if self._consumer is None or self._layout is None:
+            raise SourceUnavailable("not started")
+        if self._fallback:
+            return self._layout
+        described = await _describe_topic(self._consumer._client, self.topic)
+        if described is None:
+            return self._layout
+        return SourceLayout(topic_id=described[0], partitions=described[1])
 
     async def stop(self) -> None:
         consumer, self._consumer = self._consumer, None
@@ -322,30 +360,51 @@ def _build_metadata_v12() -> tuple[Any, Any]:
 _METADATA_V12: tuple[Any, Any] | None = None
 
 
-async def _topic_id(client: Any, topic: str) -> str:
+async def _describe_topic(client: Any, topic: str) -> tuple[str, int] | None:
+    """``(topic id, partition count)`` of ``topic``; None if the broker or client cannot say.
+
+    Raises SourceUnavailable when the broker is unreachable or the topic does not exist.
+    """
+    from aiokafka.errors import (
+        KafkaConnectionError,
+        NodeNotReadyError,
+        RequestTimedOutError,
+    )
+
     global _METADATA_V12
     try:
         if _METADATA_V12 is None:
             _METADATA_V12 = _build_metadata_v12()
-        request_cls = _METADATA_V12[0]
         node_id = client.get_random_node()
-        response = await asyncio.wait_for(client.send(node_id, request_cls(topic)), 10)
-        for t in response.topics:
-            name, raw_id, error = t[1], t[2], t[0]
-            if name == topic and error == 0 and raw_id != bytes(16):
-                return str(uuid.UUID(bytes=raw_id))
-        raise ValueError("topic id missing from the metadata response")
+        if node_id is None:
+            raise SourceUnavailable("no broker known")
+        request = _METADATA_V12[0](topic)
+        response = await asyncio.wait_for(client.send(node_id, request), 10)
     except SourceUnavailable:
         raise
-    except Exception as exc:
-        log.warning(
-            "could not read the topic id of %r (%s: %s); the epoch falls back to the "
-            "topic name and will not notice a re-created topic",
-            topic,
-            type(exc).__name__,
-            exc,
-        )
-        return f"name:{topic}"
+    except (
+        KafkaConnectionError,
+        NodeNotReadyError,
+        RequestTimedOutError,
+        OSError,
+        TimeoutError,
+    ) as exc:
+        raise SourceUnavailable(f"Kafka unavailable: {type(exc).__name__}") from exc
+    except Exception as exc:  # the broker does not speak Metadata v12, or aiokafka changed
+        log.debug("Metadata v12 request failed: %s: %s", type(exc).__name__, exc)
+        return None
+    for t in response.topics:
+        error, name, raw_id, partitions = t[0], t[1], t[2], t[4]
+        if name != topic:
+            continue
+        if error == 3:  # UNKNOWN_TOPIC_OR_PARTITION
+            raise SourceUnavailable(f"topic {topic!r} does not exist (yet)")
+        if error != 0:
+            raise SourceUnavailable(f"metadata error {error} for topic {topic!r}")
+        if raw_id == bytes(16):
+            return None
+        return str(uuid.UUID(bytes=raw_id)), len(partitions)
+    raise SourceUnavailable(f"topic {topic!r} missing from the metadata response")
 
 
 # --- driving a source into the state ------------------------------------------------------
@@ -467,8 +526,13 @@ class Follower:
             if now >= next_probe:
                 next_probe = now + self.probe_interval
                 try:
-                    hw = await asyncio.wait_for(
-                        self.source.high_watermarks(), max(1.0, self.stale_after / 2)
+                    probe_timeout = max(1.0, self.stale_after / 2)
+                    hw = await asyncio.wait_for(self.source.high_watermarks(), probe_timeout)
+                    describe = getattr(self.source, "layout", None)
+                    current = (
+                        await asyncio.wait_for(describe(), probe_timeout)
+                        if describe is not None
+                        else layout
                     )
                 except (SourceUnavailable, TimeoutError) as exc:
                     self.connected = False
@@ -480,4 +544,10 @@ class Follower:
                     continue
                 self.connected = True
                 self._contact()
+                if current.epoch != layout.epoch:
+                    # Deleted and re-created (or repartitioned) under our feet: offsets of
+                    # the old incarnation mean nothing now. Restart; start() rebuilds.
+                    raise SourceUnavailable(
+                        f"topic changed (epoch {layout.epoch} -> {current.epoch})"
+                    )
                 self.state.observe_high_watermarks(hw)

@@ -182,6 +182,8 @@ class State:
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._item_count = 0
         self._partition_cache: dict[str, int] = {}
+        self._last_skip_log = -1.0e9
+        self._skips_unlogged = 0
 
     # --- layout and bootstrap -----------------------------------------------------------
 
@@ -247,8 +249,9 @@ class State:
         applied = 0
         now_ms = int(time.time() * 1000)
         last_published = 0
+        consumed = 0
         for rec in records:
-            self.metrics.records_consumed_total.inc()
+            consumed += 1
             env = self._apply(rec)
             if env is not None:
                 applied += 1
@@ -259,6 +262,8 @@ class State:
         for p, off in next_offsets.items():
             if off > self.next_offsets.get(p, 0):
                 self.next_offsets[p] = off
+        if consumed:
+            self.metrics.records_consumed_total.inc(consumed)
         if applied:
             self.metrics.records_applied_total.inc(applied)
             self.metrics.environments.set(len(self.environments))
@@ -271,7 +276,21 @@ class State:
 
     def _skip(self, rec: SourceRecord, why: str) -> None:
         self.metrics.records_skipped_total.inc()
-        log.warning("skipping record partition=%d offset=%d: %s", rec.partition, rec.offset, why)
+        # At most one line per second: a producer writing garbage must not flood the logs.
+        now = time.monotonic()
+        if now - self._last_skip_log < 1.0:
+            self._skips_unlogged += 1
+            return
+        more = (
+            f" (and {self._skips_unlogged} more since the last report)"
+            if self._skips_unlogged
+            else ""
+        )
+        log.warning(
+            "skipping record partition=%d offset=%d: %s%s", rec.partition, rec.offset, why, more
+        )
+        self._last_skip_log = now
+        self._skips_unlogged = 0
 
     def _apply(self, rec: SourceRecord) -> Envelope | None:
         """Apply one record; returns its envelope if it changed the state."""

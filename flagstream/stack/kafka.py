@@ -165,15 +165,13 @@ class KafkaBroker:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Controlled shutdown (SIGTERM); SIGKILL if still alive after ``timeout`` seconds."""
-        pid = self.pid
-        if pid is not None:
+        for pid in self._pids():
             process.terminate(pid, self._markers_for(pid), timeout=timeout, proc=self._proc)
         self._forget()
 
     def kill(self) -> None:
         """Crash the broker (SIGKILL), as a power loss would."""
-        pid = self.pid
-        if pid is not None:
+        for pid in self._pids():
             process.kill(pid, self._markers_for(pid), proc=self._proc)
         self._forget()
 
@@ -197,6 +195,11 @@ class KafkaBroker:
             time.sleep(0.2)
 
     # --- internals -------------------------------------------------------------------------
+    def _pids(self) -> list[int]:
+        """The broker's PID; without a PID file, any JVM running this directory's config."""
+        pid = self.pid
+        return [pid] if pid is not None else process.find(self._markers)
+
     def _markers_for(self, pid: int) -> tuple[str, ...]:
         own_child = self._proc is not None and self._proc.pid == pid
         return () if own_child else self._markers
@@ -345,6 +348,5 @@ class KafkaBroker:
             "num.io.threads": "2",
             "num.recovery.threads.per.data.dir": "1",
             "background.threads": "2",
-            "log.flush.interval.messages": str(2**63 - 1),
         }
         return "".join(f"{key}={value}\n" for key, value in props.items())

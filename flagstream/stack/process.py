@@ -65,6 +65,15 @@ def is_running(pid: int | None, markers: Sequence[str]) -> bool:
     return all(marker in cmdline for marker in markers)
 
 
+def find(markers: Sequence[str]) -> list[int]:
+    """PIDs of live processes whose command line contains every marker (for cleaning up
+    after a lost PID file)."""
+    if not markers:
+        return []
+    pids = (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
+    return [pid for pid in pids if pid != os.getpid() and is_running(pid, markers)]
+
+
 def spawn_detached(argv: Sequence[str], *, log: Path, cwd: Path) -> subprocess.Popen[bytes]:
     """Start ``argv`` in a new session (immune to the caller's Ctrl-C and terminal hang-up),
     with stdin closed and stdout/stderr appended to ``log``."""

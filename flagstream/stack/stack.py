@@ -136,8 +136,5 @@ class Stack:
             )
             for name, server in servers:
                 pid = server.pid
-                if pid is None:
-                    say(f"{name} not running")
-                    continue
-                server.stop()
-                say(f"{name} stopped (pid {pid})")
+                server.stop()  # also when the PID file is lost (KafkaBroker looks for it)
+                say(f"{name} stopped (pid {pid})" if pid else f"{name} not running")

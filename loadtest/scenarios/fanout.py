@@ -96,7 +96,7 @@ async def run(ctx: Context) -> Result:
             phase[0] = "changing"
             bytes_before, events_before = swarm.bytes_received, rec.patches
             pids = [r.pid for r in system.relays if r is not None]
-            cpu0 = [cpu_seconds(p) for p in pids], cpu_seconds(os.getpid())
+            cpu0 = [cpu_seconds(p) for p in pids], cpu_seconds(os.getpid(), tree=False)
             t0 = time.perf_counter()
             stats = await drive(
                 system.driver, [(env, "flag-0")], rate=1 / a.interval, count=a.changes
@@ -106,7 +106,7 @@ async def run(ctx: Context) -> Result:
             await swarm.wait_deliveries(expected, a.settle)
             span = time.perf_counter() - t0
             relay_cpu = sum(cpu_seconds(p) for p in pids) - sum(cpu0[0]) if pids else None
-            self_cpu = cpu_seconds(os.getpid()) - cpu0[1]
+            self_cpu = cpu_seconds(os.getpid(), tree=False) - cpu0[1]
             frame_bytes = max(
                 1,
                 round((swarm.bytes_received - bytes_before) / max(1, rec.patches - events_before)),

@@ -48,8 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rates",
         type=_rates,
-        default=_rates("50,100,200,400,800,1600,3200"),
-        help="changes/s per step (default 50,100,...,3200)",
+        default=_rates("50,100,200,400,800,1600,3200,6400"),
+        help="changes/s per step (default 50,100,...,6400)",
     )
     p.add_argument("--step-seconds", type=float, default=5.0, help="length of each step")
     p.add_argument("--p99-bound", type=float, default=0.5, help="p99 delay bound in seconds")
@@ -92,7 +92,9 @@ async def run(ctx: Context) -> Result:
             clients += swarm.add(a.streams_per_env, env, key)
         targets = [(e, flag_key(f)) for f in range(a.flags) for e in envs]
         # CPU shares per step: the relay (all workers) and this process (swarm + driver)
-        pids = [r.pid for r in system.relays if r is not None] + [os.getpid()]
+        # (the relays are children of this process: count this process alone, no tree)
+        me = os.getpid()
+        pids = [r.pid for r in system.relays if r is not None] + [me]
         state = {"rate": 0.0}
 
         def render() -> str:
@@ -114,7 +116,7 @@ async def run(ctx: Context) -> Result:
             for rate in a.rates:
                 state["rate"] = rate
                 before = len(rec.receipt_time)
-                cpu0 = [cpu_seconds(pid) for pid in pids]
+                cpu0 = [cpu_seconds(pid, tree=pid != me) for pid in pids]
                 t0 = time.perf_counter()
                 stats = await drive(
                     system.driver,
@@ -125,7 +127,8 @@ async def run(ctx: Context) -> Result:
                 )
                 t1 = time.perf_counter()
                 cpu = [
-                    (cpu_seconds(pid) - c) / (t1 - t0) for pid, c in zip(pids, cpu0, strict=True)
+                    (cpu_seconds(pid, tree=pid != me) - c) / (t1 - t0)
+                    for pid, c in zip(pids, cpu0, strict=True)
                 ]
                 expected = before + stats.accepted * a.streams_per_env
                 await swarm.wait_deliveries(expected, a.settle)

@@ -127,3 +127,30 @@ async def test_two_instances_one_forwarder_every_write_acknowledged_once(
         await stores[0].delete_all()
         for s in stores:
             await s.close()
+
+
+@pytest.mark.slow
+async def test_publisher_started_while_kafka_is_down_delivers_when_it_comes_up(
+    private_kafka: KafkaBroker, redis_store: RedisStore, make_api: ApiFactory, unique_name: str
+) -> None:
+    await asyncio.to_thread(private_kafka.stop)
+    topic = f"{unique_name}.state"
+    log = KafkaRecordLog(
+        private_kafka.bootstrap, topic, create_partitions=3, request_timeout_ms=2000
+    )
+    api = await make_api(
+        redis_store, log, kafka_bootstrap=private_kafka.bootstrap, topic=topic, ack_timeout=0.5
+    )
+    status, created, _ = await api.call("POST", ENV, {"key": "prod"})
+    assert status == 202 and created["item"]["sdkKey"].startswith("sdk-")
+    for i in range(3):
+        status, _, _ = await api.call("PUT", f"{ENV}/prod/flags/f1", {**FLAG, "salt": str(i)})
+        assert status == 202
+    status, body, _ = await api.call("GET", "/readyz", token=None)
+    assert status == 200 and body["kafka"] != "ok" and body["outboxDepth"] == 4
+
+    await asyncio.to_thread(private_kafka.start, 240.0)
+    await wait_outbox_empty(api.app, redis_store, seconds=90)
+    records = await read_topic(private_kafka.bootstrap, topic, "prod", expect=4)
+    assert [(r.kind, r.version) for r in records][:1] == [("env", 1)]
+    assert first_occurrences([r.version for r in records if r.kind == "flag"]) == [1, 2, 3]

@@ -382,6 +382,9 @@ class GatedSource:
     async def high_watermarks(self) -> dict[int, int]:
         return await self.inner.high_watermarks()
 
+    async def layout(self) -> Any:
+        return await self.inner.layout()
+
     async def fetch(self, timeout_ms: int) -> Any:
         if not self.gate.is_set():
             # Idle like a source with nothing new, so the follower's loop keeps turning.

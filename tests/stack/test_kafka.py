@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from stack_support import create_topic, end_offsets, idempotent_producer, read_all
 
-from flagstream.stack import cds, kafka_probe
+from flagstream.stack import cds, kafka_probe, process
 from flagstream.stack.jars import ensure_jars
 from flagstream.stack.kafka import KafkaBroker, _cluster_id
 
@@ -143,3 +143,13 @@ async def test_private_broker_keeps_its_data_across_stop_and_kill(
     await asyncio.to_thread(broker.restart)
     records = await read_all(broker.bootstrap, unique_name, 1, expected=3)
     assert [value for *_, value in records] == [b"a", b"b", b"c"]
+
+
+def test_stop_finds_a_broker_whose_pidfile_was_lost(private_kafka: KafkaBroker) -> None:
+    pid = private_kafka.pid
+    assert pid is not None
+    private_kafka.pidfile.unlink()
+    stranger = KafkaBroker(private_kafka.data_dir, private_kafka.port, 1)  # no Popen handle
+    assert stranger.pid is None
+    stranger.stop()
+    assert not process.is_running(pid, [])

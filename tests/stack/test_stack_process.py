@@ -84,3 +84,17 @@ def test_spawn_detached_runs_in_its_own_session(tmp_path: Path) -> None:
     )
     assert child.wait(timeout=10) == 0
     assert (tmp_path / "out.log").read_text() == "hello\n"
+
+
+def test_find_by_markers() -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", _STUBBORN, "find-me-marker"], stdout=subprocess.PIPE
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+        assert process.find(["find-me-marker", "-c"]) == [child.pid]
+        assert process.find(["find-me-marker", "no-such-arg"]) == []
+        assert process.find([]) == []
+    finally:
+        child.kill()
+        child.wait()

@@ -1,0 +1,157 @@
+"""Write-throughput benchmark of a running publisher (Redis + Kafka with acks=all).
+
+Run a publisher on the local stack, then drive it::
+
+    .venv/bin/flagstream stack up
+    FLAGSTREAM_ADMIN_TOKEN=bench-admin-token-123456 .venv/bin/flagstream publisher &
+    .venv/bin/python -m loadtest.bench_publisher --token bench-admin-token-123456 \\
+        --writes 3000 --concurrency 32
+
+It creates the environment if needed, warms up, then sends ``--writes`` PATCH requests
+(``{"salt": ...}`` on ``--flags`` distinct flags) from ``--concurrency`` concurrent clients.
+Every request is a complete write: Lua commit in Redis, then the publisher waits until Kafka
+acknowledged the record (acks=all, idempotent producer) before answering 200. Answers of 202
+(stored, delivery pending: Kafka was slower than the publisher's ack timeout) are counted
+apart and are **not** included in the acknowledged writes/s. Loopback only, bounded by
+``--writes`` and ``--max-seconds``. Prints a summary (``--json`` for machine output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+
+__all__ = ["main"]
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+async def _prepare(session: aiohttp.ClientSession, base: str, env: str, flags: int) -> None:
+    async with session.post(f"{base}/api/v1/environments", json={"key": env}) as resp:
+        if resp.status not in (201, 202, 409):
+            raise SystemExit(f"cannot create environment {env}: {resp.status} {await resp.text()}")
+    for i in range(flags):
+        flag = {
+            "key": f"bench-{i}",
+            "on": True,
+            "variations": [True, False],
+            "fallthrough": {"variation": 0},
+            "offVariation": 1,
+        }
+        async with session.put(f"{base}/api/v1/environments/{env}/flags/bench-{i}", json=flag) as r:
+            if r.status not in (200, 201, 202):
+                raise SystemExit(f"cannot create flag: {r.status} {await r.text()}")
+
+
+async def _run(args: argparse.Namespace) -> dict[str, Any]:
+    base = args.url.rstrip("/")
+    headers = {"Authorization": f"Bearer {args.token}"}
+    connector = aiohttp.TCPConnector(limit=args.concurrency)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(
+        headers=headers, connector=connector, timeout=timeout
+    ) as session:
+        await _prepare(session, base, args.env, args.flags)
+        counter = 0
+        latencies: list[float] = []
+        statuses: dict[int, int] = {}
+        deadline = time.monotonic() + args.max_seconds
+
+        async def worker(total: int, record: bool) -> None:
+            nonlocal counter
+            while counter < total and time.monotonic() < deadline:
+                n = counter
+                counter += 1
+                url = f"{base}/api/v1/environments/{args.env}/flags/bench-{n % args.flags}"
+                began = time.perf_counter()
+                async with session.patch(url, json={"salt": f"s{n}"}) as resp:
+                    await resp.read()
+                    status = resp.status
+                if record:
+                    latencies.append(time.perf_counter() - began)
+                    statuses[status] = statuses.get(status, 0) + 1
+
+        await asyncio.gather(*(worker(args.warmup, False) for _ in range(args.concurrency)))
+        counter = 0
+        began = time.perf_counter()
+        await asyncio.gather(*(worker(args.writes, True) for _ in range(args.concurrency)))
+        elapsed = time.perf_counter() - began
+
+    latencies.sort()
+    acknowledged = statuses.get(200, 0)
+    return {
+        "writes": sum(statuses.values()),
+        "acknowledged": acknowledged,
+        "pending_202": statuses.get(202, 0),
+        "errors": sum(v for k, v in statuses.items() if k not in (200, 202)),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "seconds": round(elapsed, 3),
+        "acknowledged_writes_per_second": round(acknowledged / elapsed, 1) if elapsed else 0.0,
+        "latency_ms_p50": round(_percentile(latencies, 0.50) * 1000, 2),
+        "latency_ms_p99": round(_percentile(latencies, 0.99) * 1000, 2),
+        "latency_ms_max": round(latencies[-1] * 1000, 2) if latencies else float("nan"),
+        "concurrency": args.concurrency,
+        "flags": args.flags,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.bench_publisher",
+        description="Write throughput (acks=all) of a running publisher.",
+    )
+    parser.add_argument(
+        "--url", default=os.environ.get("FLAGSTREAM_PUBLISHER_URL", "http://127.0.0.1:8031")
+    )
+    parser.add_argument("--token", default=os.environ.get("FLAGSTREAM_ADMIN_TOKEN"))
+    parser.add_argument("--env", default="bench", help="environment (created if missing)")
+    parser.add_argument("--writes", type=int, default=2000, help="measured writes")
+    parser.add_argument("--warmup", type=int, default=200, help="unmeasured writes first")
+    parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients")
+    parser.add_argument("--flags", type=int, default=50, help="distinct flags written to")
+    parser.add_argument("--max-seconds", type=float, default=120.0, help="hard time bound")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if not args.token:
+        print("bench_publisher: pass --token or set FLAGSTREAM_ADMIN_TOKEN", file=sys.stderr)
+        return 2
+    if not args.url.startswith(("http://127.", "http://localhost")):
+        print("bench_publisher: loopback publishers only (http://127.0.0.1:PORT)", file=sys.stderr)
+        return 2
+    try:
+        result = asyncio.run(_run(args))
+    except aiohttp.ClientConnectionError as exc:
+        print(f"bench_publisher: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 3
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"{result['acknowledged']} acknowledged writes in {result['seconds']} s: "
+            f"{result['acknowledged_writes_per_second']} writes/s (acks=all), "
+            f"concurrency {result['concurrency']}, p50 {result['latency_ms_p50']} ms, "
+            f"p99 {result['latency_ms_p99']} ms, max {result['latency_ms_max']} ms; "
+            f"202 pending: {result['pending_202']}, errors: {result['errors']} "
+            f"{result['statuses']}"
+        )
+    return 0 if result["errors"] == 0 else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
