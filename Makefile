@@ -8,6 +8,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Re-install only when pyproject.toml changed since the last successful install.
 STAMP := $(VENV)/.flagstream-installed
+# importlib import mode: test files in different directories may share a basename
+# (tests/relay/test_app.py, tests/publisher/test_app.py); tests/conftest.py puts the test
+# directories on sys.path so their helper modules still import by plain name.
 PYTEST_ARGS ?=
 
 .PHONY: help venv stack-up stack-down stack-status lint format typecheck tf-check test run
@@ -62,7 +65,7 @@ tf-check:
 
 test: venv stack-up lint typecheck tf-check
 	$(BIN)/coverage erase
-	$(BIN)/coverage run -m pytest $(PYTEST_ARGS)
+	$(BIN)/coverage run -m pytest --import-mode=importlib $(PYTEST_ARGS)
 	$(BIN)/coverage report --include='protocol/*' --fail-under=100
 
 run: venv

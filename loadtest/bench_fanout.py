@@ -22,6 +22,10 @@ its floor. Above ~18,000 streams the streams are spread over several server proc
 (``--per-process``; the hard RLIMIT_NOFILE of this machine is 20,000), each publishing the
 same change at the same moment, like relay workers reading one Kafka record.
 
+``--real-relay BOOTSTRAP`` measures instead the memory per idle stream of a real relay
+(``python -m relay.cli --workers 1``) reading a topic it seeds on that Kafka broker with one
+environment and ``--flags`` flags.
+
 Loopback only; every wait is bounded. Run: ``python -m loadtest.bench_fanout --help``.
 """
 
@@ -324,7 +328,7 @@ class _SinkStream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         sink = self.sink
         if not self.ready:
-            if b"connected" in data:
+            if sink.ready_marker in data:
                 self.ready = True
                 sink.on_ready()
             return
@@ -338,16 +342,21 @@ class _SinkStream(asyncio.Protocol):
         self.sink.lost += 1
 
 
+_BENCH_REQUEST = b"GET /all HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n"
+
+
 def _sink_main(
     ports: list[int],
     n: int,
     sink_index: int,
+    request: bytes,
+    ready_marker: bytes,
     ctrl: multiprocessing.connection.Connection,
 ) -> None:
     _raise_nofile()
     loop = _new_loop()
     try:
-        loop.run_until_complete(_Sink(ports, n, sink_index, ctrl).run())
+        loop.run_until_complete(_Sink(ports, n, sink_index, request, ready_marker, ctrl).run())
     finally:
         loop.close()
 
@@ -358,11 +367,15 @@ class _Sink:
         ports: list[int],
         n: int,
         sink_index: int,
+        request: bytes,
+        ready_marker: bytes,
         ctrl: multiprocessing.connection.Connection,
     ) -> None:
         self.ports = ports
         self.n = n
         self.sink_index = sink_index
+        self.request = request
+        self.ready_marker = ready_marker  # a stream is up once its first bytes hold this
         self.ctrl = ctrl
         self.ready_count = 0
         self.all_ready = asyncio.Event()
@@ -393,7 +406,7 @@ class _Sink:
 
     async def run(self) -> None:
         control = _Control(self.ctrl, self._command)
-        request = b"GET /all HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n"
+        request = self.request
         gate = asyncio.Semaphore(256)
 
         async def one(i: int) -> None:
@@ -491,7 +504,7 @@ def run_case(
         t0 = time.monotonic()
         for i, share in enumerate(shares):
             # Each sink spreads its streams over every server evenly.
-            sinks.append(_Child(_sink_main, ports, share, i))
+            sinks.append(_Child(_sink_main, ports, share, i, _BENCH_REQUEST, b"connected"))
         for s in sinks:
             s.recv(_CONNECT_TIMEOUT)
         connect_s = time.monotonic() - t0
@@ -567,6 +580,122 @@ def run_case(
             c.stop()
 
 
+def _seed_topic(bootstrap: str, topic: str, env: str, sdk_key: str, flags: int) -> None:
+    """A compacted topic with one environment (this SDK key) and ``flags`` flags."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from protocol.envelope import Envelope, encode_envelope
+    from protocol.environment import CredentialHash, EnvironmentRecord, hash_secret
+    from protocol.keys import partition_for, record_key
+
+    async def seed() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics(
+                [NewTopic(topic, 1, 1, topic_configs={"cleanup.policy": "compact"})]
+            )
+        finally:
+            await admin.close()
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            now = int(time.time() * 1000)
+            record = EnvironmentRecord(
+                key=env,
+                name=env,
+                version=1,
+                sdk_keys=(CredentialHash(hash_secret(sdk_key), None),),
+                mobile_keys=(),
+                client_side_id="0" * 24,
+            )
+            envelopes = [Envelope("env", env, env, 1, now, "bench", record.to_json())]
+            for i in range(flags):
+                item = b'{"key":"flag-%d","version":1,"on":true,"variations":[true,false]}' % i
+                envelopes.append(Envelope("flag", env, f"flag-{i}", 1, now, "bench", item))
+            for e in envelopes:
+                await producer.send_and_wait(
+                    topic,
+                    key=record_key(e.env, e.kind, e.key),
+                    value=encode_envelope(e),
+                    partition=partition_for(env, 1),
+                )
+        finally:
+            await producer.stop()
+
+    asyncio.run(seed())
+
+
+def _pid_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+def run_real_relay(bootstrap: str, connections: int, flags: int) -> dict[str, Any]:
+    """User-space memory per idle stream of a real relay (``relay.cli``, one worker)."""
+    import subprocess
+    import urllib.request
+
+    from relay.server import listen_socket
+
+    topic = f"bench-fanout-{os.getpid()}-{int(time.time())}"
+    sdk_key = f"sdk-bench-{os.getpid()}"
+    _seed_topic(bootstrap, topic, "bench", sdk_key, flags)
+    probe = listen_socket("127.0.0.1", 0)
+    port = probe.getsockname()[1]
+    probe.close()
+    env = dict(
+        os.environ,
+        FLAGSTREAM_KAFKA_BOOTSTRAP=bootstrap,
+        FLAGSTREAM_TOPIC=topic,
+        FLAGSTREAM_RELAY_PORT=str(port),
+        FLAGSTREAM_RELAY_WORKERS="1",
+    )
+    relay = subprocess.Popen([sys.executable, "-m", "relay.cli", "--log-level", "WARNING"], env=env)
+    sinks: list[_Child] = []
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or relay.poll() is not None:
+                raise RuntimeError("the relay did not become ready")
+            time.sleep(0.2)
+        request = (f"GET /all HTTP/1.1\r\nHost: bench\r\nAuthorization: {sdk_key}\r\n\r\n").encode()
+        warm = _Child(_sink_main, [port], 100, 200, request, b"event: put")
+        warm.recv(_CONNECT_TIMEOUT)  # one-time allocations are not per-stream memory
+        time.sleep(1.0)
+        base = _pid_rss(relay.pid)
+        per_sink = 18_000
+        count = math.ceil(connections / per_sink)
+        for i in range(count):
+            share = connections // count + (1 if i < connections % count else 0)
+            sinks.append(_Child(_sink_main, [port], share, i, request, b"event: put"))
+        for sink in sinks:
+            sink.recv(_CONNECT_TIMEOUT)
+        time.sleep(2.0)
+        grown = _pid_rss(relay.pid) - base
+        sinks.append(warm)
+        return {
+            "path": "real-relay",
+            "streams": connections,
+            "flags": flags,
+            "rss_per_stream_bytes": round(grown / connections),
+            "relay_rss_mb": round(_pid_rss(relay.pid) / 1e6, 1),
+            "loadavg_1m": round(os.getloadavg()[0], 2),
+        }
+    finally:
+        for sink in sinks:
+            sink.stop()
+        relay.terminate()
+        relay.wait(30)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m loadtest.bench_fanout",
@@ -586,6 +715,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--per-process", type=int, default=18_000, help="streams per server")
     parser.add_argument("--per-sink", type=int, default=18_000, help="streams per sink process")
     parser.add_argument("--json", help="write the results here too")
+    parser.add_argument(
+        "--real-relay",
+        metavar="KAFKA_BOOTSTRAP",
+        help="instead: memory per idle stream of a real relay (relay.cli) reading a topic "
+        "this seeds on that broker; uses the first --connections value",
+    )
+    parser.add_argument("--flags", type=int, default=20, help="flags in the real relay's env")
     args = parser.parse_args(argv)
 
     hard = _raise_nofile()
@@ -593,7 +729,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench_fanout: per-process sizes must stay below RLIMIT_NOFILE ({hard})")
         return 2
     results = []
-    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    if args.real_relay:
+        n = int(args.connections.split(",")[0])
+        res = run_real_relay(args.real_relay, n, args.flags)
+        print(json.dumps(res), flush=True)
+        results.append(res)
+    paths = [] if args.real_relay else [p.strip() for p in args.paths.split(",") if p.strip()]
     for path in paths:
         counts = (
             [int(c) for c in args.connections.split(",")] if path == "lean" else [args.compare_at]

@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(args_list)
+    from loadtest.driver import DriverError
     from loadtest.procs import ServiceError
     from loadtest.scenarios.common import Context, ScenarioError
 
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         raise_nofile_limit(0)  # children (spawned relays) inherit the raised limit
         result = _run(lambda: module.run(ctx))
-    except (ScenarioError, ServiceError, LimitError) as exc:
+    except (ScenarioError, ServiceError, LimitError, DriverError) as exc:
         print(f"flagstream loadtest {args.scenario}: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -110,6 +110,11 @@ def spawn_relay(
     return _spawn(name, ["relay"], env, f"http://127.0.0.1:{port}")
 
 
+def publisher_redis_prefix(topic: str) -> str:
+    """The Redis key prefix of a publisher spawned for ``topic`` (deleted after the run)."""
+    return f"flagstream-loadtest:{topic}:"
+
+
 def spawn_publisher(
     *,
     kafka_bootstrap: str,
@@ -126,7 +131,7 @@ def spawn_publisher(
         "FLAGSTREAM_TOPIC": topic,
         "FLAGSTREAM_ADMIN_TOKEN": admin_token,
         # its own key space: outboxes of concurrent publishers must not mix
-        "FLAGSTREAM_PUBLISHER_REDIS_PREFIX": f"flagstream-loadtest:{topic}:",
+        "FLAGSTREAM_PUBLISHER_REDIS_PREFIX": publisher_redis_prefix(topic),
         "FLAGSTREAM_PUBLISHER_HOST": "127.0.0.1",
         "FLAGSTREAM_PUBLISHER_PORT": str(port),
         **(extra_env or {}),

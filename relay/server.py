@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from prometheus_client import Gauge
 
 from relay.hub import Hub
 
@@ -156,8 +157,17 @@ class _Worker:
 
         loop = asyncio.get_running_loop()
         self.stop_requested = asyncio.Event()
-        hub = self.hub = Hub(self.settings, RelayMetrics())
+        metrics = RelayMetrics()
+        hub = self.hub = Hub(self.settings, metrics)
         hub.detach = True  # aiohttp frees its per-request objects once a stream is set up
+        # /metrics is per process: say which one (a scrape through the shared port lands on
+        # any worker).
+        Gauge(
+            "flagstream_relay_worker_info",
+            "This relay worker process (value 1)",
+            ["worker", "pid"],
+            registry=metrics.registry,
+        ).labels(worker=str(self.index), pid=str(os.getpid())).set(1)
         app = self.app_factory(self.settings, hub)
         identity = f"{self.index}/{os.getpid()}"
         app.middlewares.append(_drain_aware_readyz(hub))

@@ -40,6 +40,15 @@ _STACK_FIXTURES = frozenset(
 )
 
 
+# Test helper modules (``relay_support``, ``stack_support``, ...) live next to the tests that
+# use them and are imported by plain name. Putting every test directory on sys.path keeps that
+# working under ``--import-mode=importlib``, which in turn lets test files in different
+# directories share a basename (tests/relay/test_app.py and tests/publisher/test_app.py).
+for _directory in sorted(Path(__file__).parent.iterdir()):
+    _usable = _directory.is_dir() and not _directory.name.startswith((".", "_"))
+    if _usable and str(_directory) not in sys.path:
+        sys.path.append(str(_directory))
+
 _issued_names: list[str] = []
 _shared_stack: list[Stack] = []
 

@@ -10,13 +10,14 @@ first and last step, so the relay's fixed footprint does not count.
 from __future__ import annotations
 
 import argparse
-import os
+import asyncio
 import time
 
 from loadtest import plots
 from loadtest.progress import Progress
 from loadtest.report import Result, Table, fmt_ms
 from loadtest.scenarios.common import Context, ScenarioError, open_system, wait_env_visible
+from loadtest.shard import Fleet, LocalFleet, ShardFleet
 from loadtest.stats import summarize
 from loadtest.swarm import Swarm, Target
 from loadtest.sysinfo import LimitError, raise_nofile_limit, rss_bytes
@@ -31,18 +32,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect-rate", type=float, help="max new connections/s (default: no cap)")
     p.add_argument("--flags", type=int, default=10, help="flags in the environment")
     p.add_argument("--relay-pid", type=int, help="pid of a given relay (for its memory)")
+    p.add_argument(
+        "--swarm-procs",
+        type=int,
+        default=1,
+        help="hold the streams in N child processes (each has its own file-descriptor "
+        "limit; give the relay --workers to match)",
+    )
 
 
 async def run(ctx: Context) -> Result:
     a = ctx.args
     if a.streams < 1 or a.steps < 1:
         raise ScenarioError("--streams and --steps must be >= 1")
+    if a.swarm_procs < 1:
+        raise ScenarioError("--swarm-procs must be >= 1")
+    per_proc = -(-a.streams // a.swarm_procs)
     try:
-        limit = raise_nofile_limit(a.streams + 256)
+        limit = raise_nofile_limit(per_proc + 256)
     except LimitError as exc:
         limit = raise_nofile_limit(0)
-        note = f"{exc}; capping at {limit - 256}"
-        a.streams = limit - 256
+        cap = (limit - 256) * a.swarm_procs
+        note = f"{exc}; capping at {cap} (more --swarm-procs hold more)"
+        a.streams = cap
     else:
         note = ""
     result = ctx.result(
@@ -54,6 +66,7 @@ async def run(ctx: Context) -> Result:
             "connect_rate": a.connect_rate,
             "flags": a.flags,
             "workers": a.workers,
+            "swarm_procs": a.swarm_procs,
         },
     )
     if note:
@@ -66,23 +79,31 @@ async def run(ctx: Context) -> Result:
     if system.relays and system.relays[0] is not None:
         relay_pid = system.relays[0].pid
     env = f"lt-cap-{int(time.time())}"
-    swarm: Swarm | None = None
+    fleet: Fleet | None = None
     rows: list[dict[str, float | int]] = []
     try:
         sdk_key = await system.driver.create_environment(env, a.flags)
         await wait_env_visible(system.relay_urls[0], sdk_key)
-        swarm = Swarm([Target.from_url(system.relay_urls[0])], rec, source_ips=a.source_ips)
         base_relay = rss_bytes(relay_pid) if relay_pid else 0
-        base_self = rss_bytes(os.getpid(), tree=False)
+        if a.swarm_procs > 1:
+            shards = ShardFleet(system.relay_urls[0], env, sdk_key, a.swarm_procs, a.source_ips)
+            await shards.start()
+            fleet = shards
+            await asyncio.sleep(0.5)  # first status lines: the shards' base memory
+            base_self = fleet.rss()
+        else:
+            swarm = Swarm([Target.from_url(system.relay_urls[0])], rec, source_ips=a.source_ips)
+            fleet = LocalFleet(swarm, env, sdk_key)
+            base_self = fleet.rss()
         per_step = max(1, a.streams // a.steps)
 
         def render() -> str:
-            if swarm is None:
+            if fleet is None:
                 return "done"
             return (
-                f"open {swarm.open_count}/{a.streams} attempts {swarm.attempts} "
-                f"heartbeats {swarm.comments} errors {sum(swarm.errors.values())} "
-                f"statuses {dict(swarm.statuses)}"
+                f"open {fleet.open_count}/{a.streams} attempts {fleet.attempts} "
+                f"heartbeats {fleet.comments} errors {sum(fleet.errors.values())} "
+                f"statuses {dict(fleet.statuses)}"
             )
 
         async with Progress(NAME, render, enabled=ctx.progress) as progress:
@@ -90,45 +111,44 @@ async def run(ctx: Context) -> Result:
             while target < a.streams:
                 n = min(per_step, a.streams - target)
                 target += n
-                clients = swarm.add(n, env, sdk_key)
-                errors_before = sum(swarm.errors.values())
-                refused_before = sum(v for k, v in swarm.statuses.items() if k != 200)
-                lat_before = len(swarm.connect_latency)
+                errors_before = sum(fleet.errors.values())
+                refused_before = sum(v for k, v in fleet.statuses.items() if k != 200)
+                lat_before = len(fleet.latencies())
                 t0 = time.perf_counter()
-                await swarm.connect_all(clients, rate=a.connect_rate)
-                reached = await swarm.wait_open(target, a.connect_timeout)
+                await fleet.add(n, rate=a.connect_rate)
+                reached = await fleet.wait_open(target, a.connect_timeout)
                 t1 = time.perf_counter()
-                comments_before = swarm.comments
-                await swarm.wait_until(lambda: False, a.hold)
-                lat = summarize(swarm.connect_latency[lat_before:])
+                comments_before = fleet.comments
+                await asyncio.sleep(a.hold)
+                lat = summarize(fleet.latencies()[lat_before:])
                 row: dict[str, float | int] = {
                     "target": target,
-                    "open": swarm.open_count,
+                    "open": fleet.open_count,
                     "connect_rate": n / (t1 - t0),
                     "connect_p50": lat["p50"],
                     "connect_p99": lat["p99"],
-                    "errors": sum(swarm.errors.values()) - errors_before,
-                    "refused": sum(v for k, v in swarm.statuses.items() if k != 200)
+                    "errors": sum(fleet.errors.values()) - errors_before,
+                    "refused": sum(v for k, v in fleet.statuses.items() if k != 200)
                     - refused_before,
-                    "heartbeats_per_s": (swarm.comments - comments_before) / max(a.hold, 1e-9),
+                    "heartbeats_per_s": (fleet.comments - comments_before) / max(a.hold, 1e-9),
                     "relay_rss": rss_bytes(relay_pid) if relay_pid else 0,
-                    "swarm_rss": rss_bytes(os.getpid(), tree=False),
+                    "swarm_rss": fleet.rss(),
                 }
                 rows.append(row)
                 progress.note(
-                    f"{swarm.open_count} open, {row['connect_rate']:.0f} conn/s, relay "
+                    f"{fleet.open_count} open, {row['connect_rate']:.0f} conn/s, relay "
                     f"{int(row['relay_rss']) / 2**20:.0f} MiB, errors {row['errors']}"
                 )
                 if not reached:
                     result.notes.append(
-                        f"limit: only {swarm.open_count}/{target} streams open after "
-                        f"{a.connect_timeout:.0f}s (errors {dict(swarm.errors)}, "
-                        f"statuses {dict(swarm.statuses)})"
+                        f"limit: only {fleet.open_count}/{target} streams open after "
+                        f"{a.connect_timeout:.0f}s (errors {dict(fleet.errors)}, "
+                        f"statuses {dict(fleet.statuses)})"
                     )
                     break
-            errors_total, statuses_total = dict(swarm.errors), dict(swarm.statuses)
-            await swarm.close()
-            swarm = None
+            errors_total, statuses_total = dict(fleet.errors), dict(fleet.statuses)
+            await fleet.close()
+            fleet = None
         first, last = rows[0], rows[-1]
         d_streams = int(last["open"])
         relay_per = (
@@ -208,8 +228,8 @@ async def run(ctx: Context) -> Result:
             )
         result.ok = int(last["open"]) == a.streams
     finally:
-        if swarm is not None:
-            await swarm.close()
+        if fleet is not None:
+            await fleet.close()
         await system.close()
         await ctx.cleanup()
     result.duration_s = time.perf_counter() - t_start

@@ -22,7 +22,14 @@ from typing import Any
 import aiohttp
 
 from loadtest.driver import Driver, DriverError, KafkaDriver, PublisherDriver, delete_topic
-from loadtest.procs import Service, ServiceError, spawn_publisher, spawn_relay, wait_ready
+from loadtest.procs import (
+    Service,
+    ServiceError,
+    publisher_redis_prefix,
+    spawn_publisher,
+    spawn_relay,
+    wait_ready,
+)
 from loadtest.recorder import DeliveryRecorder
 from loadtest.report import Result, command_line
 from loadtest.sysinfo import machine_facts
@@ -51,6 +58,7 @@ class Context:
     recorder: DeliveryRecorder = field(default_factory=DeliveryRecorder)
     services: list[Service] = field(default_factory=list)
     topics: list[str] = field(default_factory=list)  # created by this run, deleted after
+    redis_prefixes: list[str] = field(default_factory=list)  # spawned publishers' keys
 
     @property
     def spawn(self) -> bool:
@@ -95,7 +103,11 @@ class Context:
         for topic in self.topics:
             with contextlib.suppress(Exception):
                 await delete_topic(self.args.kafka, topic)
+        if self.redis_prefixes:
+            with contextlib.suppress(Exception):
+                await _delete_redis_keys(self.args.redis, self.redis_prefixes)
         self.topics.clear()
+        self.redis_prefixes.clear()
 
 
 @dataclass
@@ -144,6 +156,7 @@ async def open_system(ctx: Context, scenario: str, *, relays: int = 1) -> System
                 kafka_bootstrap=a.kafka, redis_url=a.redis, topic=topic, admin_token=token
             )
             ctx.services.append(publisher)
+            ctx.redis_prefixes.append(publisher_redis_prefix(topic))
             await wait_ready(publisher.url, within=a.ready_timeout, service=publisher)
             url = publisher.url
         elif a.publisher:
@@ -232,7 +245,7 @@ async def drive(
         try:
             await driver.change(env, key)
             stats.accepted += 1
-        except (DriverError, KeyError, ValueError, TypeError) as exc:
+        except Exception as exc:  # a failed write is a figure (counted), not a crash
             stats.errors += 1
             stats.first_error = stats.first_error or str(exc)[:300]
         finally:
@@ -284,6 +297,25 @@ async def scrape_metrics(url: str) -> dict[str, float]:
         except ValueError:
             continue
     return out
+
+
+async def _delete_redis_keys(url: str, prefixes: list[str]) -> None:
+    """Remove what spawned publishers stored (their own key prefixes only)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(url)
+    try:
+        for prefix in prefixes:
+            batch = []
+            async for key in client.scan_iter(match=prefix + "*", count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    await client.unlink(*batch)
+                    batch = []
+            if batch:
+                await client.unlink(*batch)
+    finally:
+        await client.aclose()
 
 
 def env_default(name: str, default: str) -> str:

@@ -6,7 +6,7 @@ import pytest
 
 from loadtest.floor import measure_floor
 
-pytestmark = pytest.mark.integration  # loopback sockets and a child process
+# Unmarked: loopback sockets and a child process, but no Kafka/Redis; a second or so.
 
 
 def test_floor_small() -> None:

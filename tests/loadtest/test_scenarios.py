@@ -126,7 +126,7 @@ def test_capacity(tmp_path: Path, kafka_bootstrap: str, redis_url: str, unique_n
     assert [s["open"] for s in f["steps"]] == [30, 60]
     assert f["relay_rss_base"] > 0
     assert f["steps"][-1]["heartbeats_per_s"] > 0
-    assert f["errors"] == {}
+    assert set(f["statuses"]) == {"200"}  # JSON keys: no 401/503 on the way
 
 
 def test_reconnect_storm(

@@ -11,7 +11,7 @@ from loadtest.procs import free_port
 from loadtest.recorder import DeliveryRecorder
 from loadtest.swarm import Swarm, Target
 
-pytestmark = pytest.mark.integration  # real loopback sockets, no external service
+# Not "unit" (real loopback sockets) nor "integration" (no Kafka/Redis): unmarked, fast.
 
 N = 40
 

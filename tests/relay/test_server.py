@@ -175,6 +175,8 @@ async def test_a_worker_serves_streams_and_names_itself(
                 async with session.get(relay.url + "/metrics") as resp:
                     text = await resp.text()
                     assert "flagstream_relay_connections 1.0" in text
+                    pid = worker.split("/")[1]
+                    assert f'flagstream_relay_worker_info{{pid="{pid}",worker="0"}} 1.0' in text
             stream.close()
             relay.proc.send_signal(signal.SIGTERM)
             assert relay.wait(15) == 0, relay.log()
