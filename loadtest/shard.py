@@ -35,11 +35,20 @@ class Fleet(Protocol):
     """Idle streams to one relay. Counters are cumulative; ``add`` returns once the new
     streams' connection attempts have started (not when they are open)."""
 
-    open_count: int
-    attempts: int
-    comments: int
-    errors: Counter[str]
-    statuses: Counter[int]
+    @property
+    def open_count(self) -> int: ...
+
+    @property
+    def attempts(self) -> int: ...
+
+    @property
+    def comments(self) -> int: ...
+
+    @property
+    def errors(self) -> Counter[str]: ...
+
+    @property
+    def statuses(self) -> Counter[int]: ...
 
     async def add(self, n: int, *, rate: float | None = None) -> None: ...
 
@@ -61,23 +70,23 @@ class LocalFleet:
         self.sdk_key = sdk_key
 
     @property
-    def open_count(self) -> int:  # type: ignore[override]
+    def open_count(self) -> int:
         return self.swarm.open_count
 
     @property
-    def attempts(self) -> int:  # type: ignore[override]
+    def attempts(self) -> int:
         return self.swarm.attempts
 
     @property
-    def comments(self) -> int:  # type: ignore[override]
+    def comments(self) -> int:
         return self.swarm.comments
 
     @property
-    def errors(self) -> Counter[str]:  # type: ignore[override]
+    def errors(self) -> Counter[str]:
         return self.swarm.errors
 
     @property
-    def statuses(self) -> Counter[int]:  # type: ignore[override]
+    def statuses(self) -> Counter[int]:
         return self.swarm.statuses
 
     async def add(self, n: int, *, rate: float | None = None) -> None:

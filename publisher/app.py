@@ -326,7 +326,15 @@ async def audit(request: web.Request) -> web.Response:
 async def create_token(request: web.Request) -> web.Response:
     actor = _principal(request, "admin")
     body = await _json_body(request)
-    return _json(await request.app[PUBLISHER].create_token(body, actor=actor), 201)
+    created = await request.app[PUBLISHER].create_token(body, actor=actor)
+    _log.info(
+        "token %s (id %s, scopes %s) created by %s",
+        created["name"],
+        created["id"],
+        ",".join(created["scopes"]),
+        actor.name,
+    )
+    return _json(created, 201)
 
 
 async def list_tokens(request: web.Request) -> web.Response:
@@ -335,8 +343,9 @@ async def list_tokens(request: web.Request) -> web.Response:
 
 
 async def delete_token(request: web.Request) -> web.Response:
-    _principal(request, "admin")
+    actor = _principal(request, "admin")
     await request.app[PUBLISHER].delete_token(request.match_info["id"])
+    _log.info("token id %s revoked by %s", request.match_info["id"], actor.name)
     return web.Response(status=204)
 
 

@@ -612,6 +612,8 @@ def _stream_socket_setup(transport: asyncio.Transport, user_timeout_ms: int) -> 
     if hasattr(socket, "TCP_USER_TIMEOUT"):
         with contextlib.suppress(OSError, AttributeError, ValueError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, user_timeout_ms)
+    if transport.get_extra_info("ssl_object") is not None:
+        return -1  # TLS: bytes must go through the transport's encryption
     try:
         return int(sock.fileno())
     except (OSError, AttributeError, ValueError):

@@ -88,13 +88,13 @@ async def run(ctx: Context) -> Result:
         if a.swarm_procs > 1:
             shards = ShardFleet(system.relay_urls[0], env, sdk_key, a.swarm_procs, a.source_ips)
             await shards.start()
-            fleet = shards
+            active: Fleet = shards
             await asyncio.sleep(0.5)  # first status lines: the shards' base memory
-            base_self = fleet.rss()
         else:
             swarm = Swarm([Target.from_url(system.relay_urls[0])], rec, source_ips=a.source_ips)
-            fleet = LocalFleet(swarm, env, sdk_key)
-            base_self = fleet.rss()
+            active = LocalFleet(swarm, env, sdk_key)
+        fleet = active
+        base_self = active.rss()
         per_step = max(1, a.streams // a.steps)
 
         def render() -> str:
@@ -111,43 +111,43 @@ async def run(ctx: Context) -> Result:
             while target < a.streams:
                 n = min(per_step, a.streams - target)
                 target += n
-                errors_before = sum(fleet.errors.values())
-                refused_before = sum(v for k, v in fleet.statuses.items() if k != 200)
-                lat_before = len(fleet.latencies())
+                errors_before = sum(active.errors.values())
+                refused_before = sum(v for k, v in active.statuses.items() if k != 200)
+                lat_before = len(active.latencies())
                 t0 = time.perf_counter()
-                await fleet.add(n, rate=a.connect_rate)
-                reached = await fleet.wait_open(target, a.connect_timeout)
+                await active.add(n, rate=a.connect_rate)
+                reached = await active.wait_open(target, a.connect_timeout)
                 t1 = time.perf_counter()
-                comments_before = fleet.comments
+                comments_before = active.comments
                 await asyncio.sleep(a.hold)
-                lat = summarize(fleet.latencies()[lat_before:])
+                lat = summarize(active.latencies()[lat_before:])
                 row: dict[str, float | int] = {
                     "target": target,
-                    "open": fleet.open_count,
+                    "open": active.open_count,
                     "connect_rate": n / (t1 - t0),
                     "connect_p50": lat["p50"],
                     "connect_p99": lat["p99"],
-                    "errors": sum(fleet.errors.values()) - errors_before,
-                    "refused": sum(v for k, v in fleet.statuses.items() if k != 200)
+                    "errors": sum(active.errors.values()) - errors_before,
+                    "refused": sum(v for k, v in active.statuses.items() if k != 200)
                     - refused_before,
-                    "heartbeats_per_s": (fleet.comments - comments_before) / max(a.hold, 1e-9),
+                    "heartbeats_per_s": (active.comments - comments_before) / max(a.hold, 1e-9),
                     "relay_rss": rss_bytes(relay_pid) if relay_pid else 0,
-                    "swarm_rss": fleet.rss(),
+                    "swarm_rss": active.rss(),
                 }
                 rows.append(row)
                 progress.note(
-                    f"{fleet.open_count} open, {row['connect_rate']:.0f} conn/s, relay "
+                    f"{active.open_count} open, {row['connect_rate']:.0f} conn/s, relay "
                     f"{int(row['relay_rss']) / 2**20:.0f} MiB, errors {row['errors']}"
                 )
                 if not reached:
                     result.notes.append(
-                        f"limit: only {fleet.open_count}/{target} streams open after "
-                        f"{a.connect_timeout:.0f}s (errors {dict(fleet.errors)}, "
-                        f"statuses {dict(fleet.statuses)})"
+                        f"limit: only {active.open_count}/{target} streams open after "
+                        f"{a.connect_timeout:.0f}s (errors {dict(active.errors)}, "
+                        f"statuses {dict(active.statuses)})"
                     )
                     break
-            errors_total, statuses_total = dict(fleet.errors), dict(fleet.statuses)
-            await fleet.close()
+            errors_total, statuses_total = dict(active.errors), dict(active.statuses)
+            await active.close()
             fleet = None
         first, last = rows[0], rows[-1]
         d_streams = int(last["open"])

@@ -191,8 +191,13 @@ async def test_eventsource_page_in_a_real_browser_shows_the_toggle(dev_server: D
                             return result
 
                 async def page_text() -> str:
-                    res = await call("Runtime.evaluate", expression="document.body.innerText")
-                    return str(res["result"]["value"])  # type: ignore[index]
+                    # Empty while the navigation has not produced a body yet.
+                    res = await call(
+                        "Runtime.evaluate",
+                        expression="document.body ? document.body.innerText : ''",
+                    )
+                    value = res.get("result", {}).get("value", "")  # type: ignore[attr-defined]
+                    return str(value)
 
                 async def wait_text(marker: str) -> str:
                     for _ in range(300):

@@ -103,10 +103,15 @@ def test_throughput_via_kafka(
         assert step["deliveries"] <= step["deliveries_expected"] == step["accepted"] * 4
 
 
-def test_capacity(tmp_path: Path, kafka_bootstrap: str, redis_url: str, unique_name: str) -> None:
+@pytest.mark.parametrize("procs", [1, 2])
+def test_capacity(
+    tmp_path: Path, kafka_bootstrap: str, redis_url: str, unique_name: str, procs: int
+) -> None:
     data = _run(
         "capacity",
         [
+            "--swarm-procs",
+            str(procs),
             "--streams",
             "60",
             "--steps",
@@ -122,6 +127,7 @@ def test_capacity(tmp_path: Path, kafka_bootstrap: str, redis_url: str, unique_n
         unique_name,
     )
     f = data["figures"]
+    assert data["config"]["swarm_procs"] == procs
     assert f["streams_open"] == 60
     assert [s["open"] for s in f["steps"]] == [30, 60]
     assert f["relay_rss_base"] > 0

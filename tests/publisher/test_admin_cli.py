@@ -66,9 +66,19 @@ async def test_admin_cli_workflow(
     code, out, _ = await admin(capsys, url, "token", "list")
     assert code == 0 and "ci" in out and reader not in out
 
+    code, out, _ = await admin(
+        capsys, url, "env", "rotate-sdk-key", "prod", "--expire-old-in", "60"
+    )
+    assert code == 0 and "new SDK key for prod: sdk-" in out and "old keys valid until" in out
+    code, out, _ = await admin(capsys, url, "env", "show", "prod")
+    assert code == 0 and "version 2" in out and out.count("expires") == 2
+    code, out, _ = await admin(capsys, url, "env", "list")
+    assert code == 0 and out.splitlines()[1].split() == ["prod", "Production", "2", "2"]
+
     code, out, _ = await admin(capsys, url, "audit", "prod", "--limit", "2")
     lines = out.splitlines()
-    assert code == 0 and "WHO" in lines[0] and "patch" in lines[1] and "admin" in lines[1]
+    assert code == 0 and "WHO" in lines[0] and "rotate-sdk-key" in lines[1] and "admin" in lines[1]
+    assert "patch" in lines[2]
 
     # errors: the API's detail, exit 1
     code, _, err = await admin(capsys, url, "flag", "toggle", "prod", "f1", token=reader)
@@ -87,6 +97,11 @@ async def test_admin_cli_workflow(
     assert code == 2 and "cannot read" in err
     code, _, err = await admin(capsys, url, "flag", "list", "prod", token="wrong-token-xyz")
     assert code == 1 and "401" in err and "wrong-token-xyz" not in err
+
+    code, out, _ = await admin(capsys, url, "flag", "delete", "prod", "f1", "--comment", "bye")
+    assert code == 0 and out.strip() == "deleted flag f1 in prod: version 4"
+    code, out, _ = await admin(capsys, url, "flag", "list", "prod")
+    assert code == 0 and out.strip() == "no flags in prod"
 
 
 async def test_admin_cli_connection_refused_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:

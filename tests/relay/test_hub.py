@@ -538,3 +538,37 @@ async def test_streams_get_a_kernel_timeout_for_vanished_peers(detach: bool) -> 
         value = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
         assert value == 60_000  # max(30 s, 3 heartbeats)
         c.close()
+
+
+async def test_a_slow_reader_within_the_bound_gets_every_byte_in_order(detach: bool) -> None:
+    async with running_hub(detach, max_buffer_bytes=8 * 1024 * 1024) as (hub, metrics, port):
+        slow = await StreamClient.open(port, rcvbuf=4096)
+        assert await slow.head() == 200
+        await wait_for(lambda: hub.connection_count() == 1)
+        for env in hub._envs.values():
+            for g in env.groups.values():
+                for c in g:
+                    assert c.transport is not None
+                    # A small kernel send buffer (no autotuning), so user space must queue.
+                    sock = c.transport.get_extra_info("socket")
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        pad = b"y" * 20_000
+        for offset in range(1, 61):
+            # Separate rounds; the socket fills, sends turn partial, the rest is queued.
+            item = b'{"key":"k%d","version":1,"pad":"%s"}' % (offset, pad)
+            hub.publish(change(f"k{offset}", 1, offset, item=item))
+            await hub.wait_idle()
+        queued = [
+            c.transport.get_write_buffer_size()
+            for env in hub._envs.values()
+            for g in env.groups.values()
+            for c in g
+            if c.transport is not None
+        ]
+        assert queued and queued[0] > 0, "the test must exercise the queued path"
+        slow.reader._limit = 2**24  # type: ignore[attr-defined]
+        items = await slow.until(lambda i: len(events_of(i)) >= 61, 20)
+        assert [e.id for e in events_of(items)][1:] == [f"e0:{o}" for o in range(1, 61)]
+        assert all(e.data.endswith('"}}') for e in events_of(items)[1:])
+        assert sample(metrics, "connections_closed_total", reason="evicted") == 0
+        slow.close()

@@ -68,9 +68,11 @@ async def test_workers_share_the_port_and_each_serves_streams(
                     break
             assert seen == set(by_worker)
 
-            for s in streams:
-                s.close()
+            # SIGTERM to the supervisor drains every worker: each stream ends cleanly.
             relay.proc.send_signal(signal.SIGTERM)
+            for s in streams:
+                await s.until_eof(15)
+                assert s.http.done, "a clean end of body, not a reset"
             assert relay.wait(20) == 0, relay.log()
 
 
