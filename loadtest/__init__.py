@@ -1,0 +1,4 @@
+"""Load generator and benchmark scenarios: ``flagstream loadtest SCENARIO``.
+
+See docs/loadtest.md.
+"""

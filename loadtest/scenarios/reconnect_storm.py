@@ -5,8 +5,6 @@ every stream fails over to B and resumes from its position. Measured from the ki
 each stream holds the final version (caught up), bytes received, full puts vs resumptions
 (as seen by the clients, and from B's metrics). Phase 2 repeats the storm from B to a fresh
 relay C with streams that send no id, so every one needs a full ``put``. Needs ``--spawn``.
-A first, discarded storm (with ids) runs before both, unless ``--no-warmup``: the first storm
-of a run is slower whichever mode it uses, which would bias the comparison.
 """
 
 from __future__ import annotations
@@ -46,7 +44,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=1.0,
         help="streams reconnect after uniform(0, this) seconds, like an SDK's jittered backoff",
     )
-    p.add_argument("--no-warmup", action="store_true", help="skip the discarded warm-up storm")
 
 
 async def _storm(
@@ -200,7 +197,6 @@ async def run(ctx: Context) -> Result:
     result.via = system.driver.via
     env = f"lt-storm-{int(time.time())}"
     phases: list[dict[str, Any]] = []
-    warmup: dict[str, Any] | None = None
     try:
         sdk_key = await system.driver.create_environment(env, a.flags)
         relay_a, relay_b = system.relays
@@ -208,21 +204,12 @@ async def run(ctx: Context) -> Result:
         relay_a.name, relay_b.name = "relay A", "relay B"
         for url in system.relay_urls:
             await wait_env_visible(url, sdk_key)
-        # The first storm of a run came out consistently slower whichever mode it used
-        # (swapping the order swapped the result): a discarded warm-up storm first, so the
-        # two measured storms run under the same conditions.
-        if not a.no_warmup:
-            warmup = await _storm(
-                ctx, system, env, sdk_key, relay_a, relay_b, resume=True, label="warm-up"
-            )
-            src = relay_b
-        else:
-            src = relay_a
-        dst = relay_b if a.no_warmup else await _relay(ctx, system, sdk_key, "relay C")
-        phases.append(await _storm(ctx, system, env, sdk_key, src, dst, resume=True, label="ids"))
-        last = await _relay(ctx, system, sdk_key, "relay D" if not a.no_warmup else "relay C")
         phases.append(
-            await _storm(ctx, system, env, sdk_key, dst, last, resume=False, label="no-ids")
+            await _storm(ctx, system, env, sdk_key, relay_a, relay_b, resume=True, label="ids")
+        )
+        relay_c = await _relay(ctx, system, sdk_key, "relay C")
+        phases.append(
+            await _storm(ctx, system, env, sdk_key, relay_b, relay_c, resume=False, label="no-ids")
         )
     finally:
         await system.close()
@@ -266,9 +253,6 @@ async def run(ctx: Context) -> Result:
         )
     )
     result.figures = {
-        "warmup": {k: v for k, v in warmup.items() if k != "catch_up_series"}
-        if warmup is not None
-        else None,
         "phases": [{k: v for k, v in p.items() if k != "catch_up_series"} for p in phases],
     }
     result.series = {("ids" if p["resume"] else "no_ids"): p["catch_up_series"] for p in phases}

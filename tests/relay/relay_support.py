@@ -1,5 +1,10 @@
-"""Shared helpers for the relay tests: records in the real wire format, a real Kafka topic,
-a relay served over real HTTP on loopback, and an SSE client built on protocol.sse."""
+"""Shared helpers for the relay tests: records in the real wire format, the log they are
+written to (a real Kafka topic, or the in-memory log of ``flagstream dev``), a relay served
+over real HTTP on loopback, and an SSE client built on protocol.sse.
+
+The integration tests are written against ``Backend`` (tests/relay/conftest.py parametrizes
+the ``backend`` fixture over ``kafka`` and ``memory``), so the same assertions run on Kafka
+and on ``flagstream.memlog.MemoryLog``: everything above the log is the same code."""
 
 from __future__ import annotations
 
@@ -10,11 +15,12 @@ import socket
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
 
+from flagstream.memlog import MemoryLog
 from protocol.envelope import Envelope, encode_envelope
 from protocol.environment import CredentialHash, EnvironmentRecord, hash_secret
 from protocol.keys import partition_for, record_key
@@ -217,6 +223,179 @@ class Producer:
         await asyncio.gather(*futures)
 
 
+class RecordWriter(Protocol):
+    """What the tests write records with: ``Producer`` (Kafka) or ``MemoryProducer``."""
+
+    @property
+    def partitions(self) -> int: ...
+
+    async def __aenter__(self) -> RecordWriter: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def send(self, e: Envelope, *, value: bytes | None = None) -> tuple[int, int]:
+        """Append and wait until it is durable; returns (partition, offset)."""
+        ...
+
+    async def send_many(self, envelopes: Iterable[Envelope]) -> None: ...
+
+
+class MemoryProducer:
+    """``Producer``'s interface over a ``MemoryLog``: same key, partition and value."""
+
+    def __init__(self, log: MemoryLog) -> None:
+        self.log = log
+
+    @property
+    def partitions(self) -> int:
+        return len(self.log.high_watermarks())
+
+    async def __aenter__(self) -> MemoryProducer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def send(self, e: Envelope, *, value: bytes | None = None) -> tuple[int, int]:
+        partition = partition_for(e.env, self.partitions)
+        offset = self.log.append(
+            partition,
+            record_key(e.env, e.kind, e.key),
+            encode_envelope(e) if value is None else value,
+        )
+        return partition, offset
+
+    async def send_many(self, envelopes: Iterable[Envelope]) -> None:
+        for e in envelopes:
+            await self.send(e)
+
+
+# --- backends: where a test's records live ---------------------------------------------------
+
+
+class Backend(Protocol):
+    """One log for one test, and how to reach it: write records, read them as a relay.
+
+    ``source()`` is a new reader each time (one per relay); every relay of a test reads the
+    same log, so positions are comparable across them.
+    """
+
+    name: str
+
+    @property
+    def partitions(self) -> int: ...
+
+    def settings(self, **overrides: Any) -> RelaySettings:
+        """``relay_settings`` for this log (a memory backend points Kafka nowhere)."""
+        ...
+
+    def source(self) -> RecordSource: ...
+
+    def producer(self) -> RecordWriter: ...
+
+    async def send_raw(self, partition: int, key: bytes | None, value: bytes | None) -> int:
+        """Append raw bytes (e.g. a poison record) to ``partition``; returns the offset."""
+        ...
+
+    async def recreate(self) -> None:
+        """Delete the log and create it again, empty: a new incarnation (a new epoch)."""
+        ...
+
+    async def fresh(self, configs: Mapping[str, str] | None = None) -> Backend:
+        """Another, new log of the same kind (Kafka: a topic with these extra configs)."""
+        ...
+
+
+@dataclass
+class KafkaBackend:
+    """A compacted topic on the shared local Kafka."""
+
+    bootstrap: str
+    topic: str
+    partitions: int
+    name: str = "kafka"
+
+    async def create(self, configs: Mapping[str, str] | None = None) -> KafkaBackend:
+        await create_topic(self.bootstrap, self.topic, self.partitions, configs)
+        return self
+
+    def settings(self, **overrides: Any) -> RelaySettings:
+        return relay_settings(self.bootstrap, self.topic, **overrides)
+
+    def source(self) -> RecordSource:
+        return KafkaSource(self.bootstrap, self.topic, fetch_max_wait_ms=20)
+
+    def producer(self) -> RecordWriter:
+        return Producer(self.bootstrap, self.topic, self.partitions)
+
+    async def send_raw(self, partition: int, key: bytes | None, value: bytes | None) -> int:
+        from aiokafka import AIOKafkaProducer
+
+        raw = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
+        await raw.start()
+        try:
+            meta = await raw.send_and_wait(self.topic, value, key, partition)
+            return int(meta.offset)
+        finally:
+            await raw.stop()
+
+    async def recreate(self) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics([self.topic])
+        finally:
+            await admin.close()
+        for _ in range(40):  # deletion is asynchronous in the broker
+            try:
+                await create_topic(self.bootstrap, self.topic, self.partitions)
+                return
+            except RuntimeError:
+                await asyncio.sleep(0.25)
+        raise AssertionError(f"topic {self.topic} could not be re-created")
+
+    async def fresh(self, configs: Mapping[str, str] | None = None) -> Backend:
+        other = KafkaBackend(self.bootstrap, f"{self.topic}.2", self.partitions)
+        return await other.create(configs)
+
+
+# Nothing listens there: a relay of a memory test that fell back to Kafka never gets ready.
+NO_KAFKA = "127.0.0.1:9"
+
+
+@dataclass
+class MemoryBackend:
+    """A ``flagstream.memlog.MemoryLog``, what ``flagstream dev`` runs on."""
+
+    log: MemoryLog
+    name: str = "memory"
+
+    @property
+    def partitions(self) -> int:
+        return len(self.log.high_watermarks())
+
+    def settings(self, **overrides: Any) -> RelaySettings:
+        return relay_settings(NO_KAFKA, "flagstream.memory", **overrides)
+
+    def source(self) -> RecordSource:
+        return self.log.source()
+
+    def producer(self) -> RecordWriter:
+        return MemoryProducer(self.log)
+
+    async def send_raw(self, partition: int, key: bytes | None, value: bytes | None) -> int:
+        return self.log.append(partition, key, value)
+
+    async def recreate(self) -> None:
+        self.log.recreate()
+
+    async def fresh(self, configs: Mapping[str, str] | None = None) -> Backend:
+        # Nothing is ever compacted in memory; topic configs have no counterpart.
+        return MemoryBackend(MemoryLog(self.partitions))
+
+
 # --- a relay on loopback ---------------------------------------------------------------------
 
 
@@ -362,19 +541,21 @@ def event_data(ev: SSEEvent) -> Any:
 
 
 class GatedSource:
-    """A real ``KafkaSource`` whose fetches wait while the gate is closed.
+    """A real ``RecordSource`` (Kafka or memory) whose fetches wait while the gate is closed.
 
-    Lets a test hold a relay at a known point (behind the topic) deterministically, with
-    the records still coming from the real broker.
+    Lets a test hold a relay at a known point (behind the log) deterministically, with
+    the records still coming from the real log.
     """
 
     def __init__(self, inner: RecordSource) -> None:
         self.inner = inner
         self.gate = asyncio.Event()
         self.gate.set()
+        self._layout: Any = None
 
     async def start(self, from_offsets: Mapping[int, int]) -> Any:
-        return await self.inner.start(from_offsets)
+        self._layout = await self.inner.start(from_offsets)
+        return self._layout
 
     async def stop(self) -> None:
         await self.inner.stop()
@@ -383,7 +564,9 @@ class GatedSource:
         return await self.inner.high_watermarks()
 
     async def layout(self) -> Any:
-        return await self.inner.layout()
+        # Only a DescribedSource (Kafka) can tell; the others fail fetch on a re-created log.
+        describe = getattr(self.inner, "layout", None)
+        return self._layout if describe is None else await describe()
 
     async def fetch(self, timeout_ms: int) -> Any:
         if not self.gate.is_set():
