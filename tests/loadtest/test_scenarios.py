@@ -7,6 +7,7 @@ the figures go to BENCHMARKS.md, not to the test verdict.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -15,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from loadtest.driver import delete_topic, ensure_topic
+from loadtest.procs import spawn_relay, wait_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -170,3 +174,52 @@ def test_cold_start(tmp_path: Path, kafka_bootstrap: str, redis_url: str, unique
     runs = data["figures"]["runs"]
     assert [r["flags"] for r in runs] == [100, 1000]
     assert all(r["ready_s"] > 0 and r["relay_rss"] > 0 for r in runs)
+
+
+async def test_fanout_against_a_running_relay(
+    tmp_path: Path, kafka_bootstrap: str, unique_name: str
+) -> None:
+    """Targeting a given relay URL (no --spawn): the scenario writes into that relay's topic."""
+    topic = f"{unique_name}.given"
+    await ensure_topic(kafka_bootstrap, topic, 3)
+    relay = spawn_relay(kafka_bootstrap=kafka_bootstrap, topic=topic)
+    try:
+        await wait_ready(relay.url, within=60, service=relay)
+        cmd = [
+            sys.executable,
+            "-m",
+            "flagstream",
+            "loadtest",
+            "fanout",
+            "--relay",
+            relay.url,
+            "--via",
+            "kafka",
+            "--kafka",
+            kafka_bootstrap,
+            "--topic",
+            topic,
+            "--streams",
+            "20",
+            "--changes",
+            "3",
+            "--interval",
+            "0.05",
+            "--no-floor",
+            "--no-plots",
+            "--quiet",
+            "--out",
+            str(tmp_path),
+        ]
+        proc = await asyncio.to_thread(
+            subprocess.run, cmd, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        data = json.loads((tmp_path / "fanout.json").read_text())
+        assert data["figures"]["changes_accepted"] == 3
+        assert data["figures"]["streams_not_converged"] == 0
+        assert data["figures"]["floor"] is None
+        assert data["plots"] == []
+    finally:
+        relay.close()
+        await delete_topic(kafka_bootstrap, topic)

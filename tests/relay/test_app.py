@@ -1,6 +1,7 @@
-"""The relay app over real HTTP on loopback, reading a real Kafka topic of the local stack:
-streams, polling with ETags, auth, operations endpoints, readiness, poison records and the
-bootstrap of a compacted topic with many environments."""
+"""The relay app over real HTTP on loopback, reading a real Kafka topic of the local stack
+and the in-memory log of ``flagstream dev`` (``backend``): streams, polling with ETags, auth,
+operations endpoints, readiness, poison records and the bootstrap of a compacted topic with
+many environments."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from typing import Any
 import aiohttp
 import pytest
 from relay_support import (
+    Backend,
     GatedSource,
     Producer,
+    RecordWriter,
     create_topic,
     env_envelope,
     event_data,
@@ -31,28 +34,14 @@ from protocol.keys import partition_for, record_key
 from relay.app import FOLLOWER_KEY, HUB_KEY
 from relay.source import KafkaSource
 
-pytestmark = pytest.mark.integration
-
 PARTITIONS = 3
 KEY = "sdk-aaaaaaaa-1111-2222-3333-444444444444"
 
 
 @pytest.fixture
-async def topic(kafka_bootstrap: str, unique_name: str) -> str:
-    await create_topic(kafka_bootstrap, unique_name, PARTITIONS)
-    return unique_name
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str, topic: str) -> AsyncIterator[Producer]:
-    async with Producer(kafka_bootstrap, topic, PARTITIONS) as p:
+async def producer(backend: Backend) -> AsyncIterator[RecordWriter]:
+    async with backend.producer() as p:
         yield p
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 async def get(session: aiohttp.ClientSession, url: str, **headers: str) -> tuple[int, Any, Any]:
@@ -62,12 +51,12 @@ async def get(session: aiohttp.ClientSession, url: str, **headers: str) -> tuple
 
 
 async def test_streams_polling_and_auth(
-    kafka_bootstrap: str, topic: str, producer: Producer, session: aiohttp.ClientSession
+    backend: Backend, producer: RecordWriter, session: aiohttp.ClientSession
 ) -> None:
     await producer.send(env_envelope("prod", [KEY]))
     await producer.send(item_envelope("prod", "flag", flag("a", 1)))
     await producer.send(item_envelope("prod", "segment", segment("s", 1, included=["u"])))
-    async with run_relay(relay_settings(kafka_bootstrap, topic)) as relay:
+    async with run_relay(backend.settings(), backend.source()) as relay:
         await wait_ready(relay)
         base = relay.url
 
@@ -144,11 +133,11 @@ async def test_streams_polling_and_auth(
 
 
 async def test_operations_endpoints_and_no_secrets(
-    kafka_bootstrap: str, topic: str, producer: Producer, session: aiohttp.ClientSession
+    backend: Backend, producer: RecordWriter, session: aiohttp.ClientSession
 ) -> None:
     await producer.send(env_envelope("prod", [KEY]))
     await producer.send(item_envelope("prod", "flag", flag("secret-flag-name", 1)))
-    async with run_relay(relay_settings(kafka_bootstrap, topic)) as relay:
+    async with run_relay(backend.settings(), backend.source()) as relay:
         await wait_ready(relay)
         status, _, body = await get(session, relay.url + "/livez")
         assert status == 200
@@ -198,15 +187,15 @@ async def test_operations_endpoints_and_no_secrets(
 
 
 async def test_readyz_flips_only_when_the_bootstrap_caught_up(
-    kafka_bootstrap: str, topic: str, producer: Producer, session: aiohttp.ClientSession
+    backend: Backend, producer: RecordWriter, session: aiohttp.ClientSession
 ) -> None:
     await producer.send(env_envelope("prod", [KEY]))
     await producer.send_many(
         item_envelope("prod", "flag", flag(f"f{i}", v)) for v in (1, 2) for i in range(50)
     )
-    gated = GatedSource(KafkaSource(kafka_bootstrap, topic))
+    gated = GatedSource(backend.source())
     gated.gate.clear()
-    async with run_relay(relay_settings(kafka_bootstrap, topic), gated) as relay:
+    async with run_relay(backend.settings(), gated) as relay:
         # Connected, watermarks known, nothing consumed: not ready, and SDKs are told to retry.
         await wait_until(lambda: relay.state.high_watermarks)
         for path in ("/readyz", "/all", "/sdk/latest-all"):
@@ -230,23 +219,14 @@ async def test_readyz_flips_only_when_the_bootstrap_caught_up(
 
 
 async def test_poison_record_is_skipped_and_counted(
-    kafka_bootstrap: str, topic: str, producer: Producer, session: aiohttp.ClientSession
+    backend: Backend, producer: RecordWriter, session: aiohttp.ClientSession
 ) -> None:
-    from aiokafka import AIOKafkaProducer
-
     await producer.send(env_envelope("prod", [KEY]))
-    raw = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-    await raw.start()
-    try:
-        p = partition_for("prod", PARTITIONS)
-        await raw.send_and_wait(
-            topic, b"\x93\xa1not an envelope", record_key("prod", "flag", "x"), p
-        )
-        await raw.send_and_wait(topic, b"garbage", b"no-slashes", p)
-    finally:
-        await raw.stop()
+    p = partition_for("prod", PARTITIONS)
+    await backend.send_raw(p, record_key("prod", "flag", "x"), b"\x93\xa1not an envelope")
+    await backend.send_raw(p, b"no-slashes", b"garbage")
     await producer.send(item_envelope("prod", "flag", flag("after", 1)))
-    async with run_relay(relay_settings(kafka_bootstrap, topic)) as relay:
+    async with run_relay(backend.settings(), backend.source()) as relay:
         await wait_ready(relay)
         assert metric(relay.metrics, "flagstream_relay_records_skipped_total") == 2
         status, _, body = await get(session, relay.url + "/sdk/latest-all", Authorization=KEY)
@@ -254,12 +234,7 @@ async def test_poison_record_is_skipped_and_counted(
         # A poison record arriving while tailing is skipped too; the relay keeps streaming.
         async with sse(session, relay.url + "/all", KEY) as stream:
             await stream.wait_events(1)
-            raw = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-            await raw.start()
-            try:
-                await raw.send_and_wait(topic, b"\xc1", record_key("prod", "flag", "y"), p)
-            finally:
-                await raw.stop()
+            await backend.send_raw(p, record_key("prod", "flag", "y"), b"\xc1")
             await producer.send(item_envelope("prod", "flag", flag("later", 1)))
             events = await stream.wait_events(2)
             assert event_data(events[1])["path"] == "/flags/later"
@@ -267,18 +242,16 @@ async def test_poison_record_is_skipped_and_counted(
 
 
 async def test_bootstrap_of_a_compacted_topic_with_many_environments(
-    kafka_bootstrap: str, unique_name: str, session: aiohttp.ClientSession
+    backend: Backend, session: aiohttp.ClientSession
 ) -> None:
-    # Small segments and an eager cleaner, so compaction can run during the test.
-    await create_topic(
-        kafka_bootstrap,
-        unique_name,
-        PARTITIONS,
-        {"segment.ms": "100", "min.cleanable.dirty.ratio": "0.01", "delete.retention.ms": "100"},
+    # Kafka: small segments and an eager cleaner, so compaction can run during the test
+    # (the memory log keeps every version, which a compacted topic is allowed to do too).
+    log = await backend.fresh(
+        {"segment.ms": "100", "min.cleanable.dirty.ratio": "0.01", "delete.retention.ms": "100"}
     )
     envs = [f"env{i}" for i in range(120)]
     expected: dict[str, dict[str, dict[str, Any]]] = {}
-    async with Producer(kafka_bootstrap, unique_name, PARTITIONS) as producer:
+    async with log.producer() as producer:
         await producer.send_many(env_envelope(e, [f"sdk-{e}"]) for e in envs)
         for round_ in (1, 2, 3):
             batch = []
@@ -291,7 +264,7 @@ async def test_bootstrap_of_a_compacted_topic_with_many_environments(
                     batch.append(item_envelope(e, "flag", item))
                     expected.setdefault(e, {})[f"f{j}"] = item
             await producer.send_many(batch)
-    async with run_relay(relay_settings(kafka_bootstrap, unique_name)) as relay:
+    async with run_relay(log.settings(), log.source()) as relay:
         await wait_ready(relay)
         state = relay.state
         assert sorted(state.environments) == sorted(envs)
@@ -309,7 +282,10 @@ async def test_bootstrap_of_a_compacted_topic_with_many_environments(
 async def test_unknown_topic_is_not_ready_until_it_exists(
     kafka_bootstrap: str, unique_name: str, session: aiohttp.ClientSession
 ) -> None:
-    async with run_relay(relay_settings(kafka_bootstrap, unique_name)) as relay:
+    """Kafka only: relays never create the topic (an in-memory log exists from the start)."""
+    settings = relay_settings(kafka_bootstrap, unique_name)
+    source = KafkaSource(kafka_bootstrap, unique_name, fetch_max_wait_ms=20)
+    async with run_relay(settings, source) as relay:
         await wait_until(lambda: relay.app[FOLLOWER_KEY].last_error is not None)
         status, _, _ = await get(session, relay.url + "/readyz")
         assert status == 503

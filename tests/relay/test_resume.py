@@ -1,5 +1,6 @@
-"""Resumption across relays (DESIGN.md §4): two relays reading the same real topic, SSE
-clients reconnecting with ``Last-Event-ID``."""
+"""Resumption across relays (DESIGN.md §4): two relays reading the same log (a real Kafka
+topic, and the in-memory log of ``flagstream dev``), SSE clients reconnecting with
+``Last-Event-ID``."""
 
 from __future__ import annotations
 
@@ -9,16 +10,15 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from relay_support import (
+    Backend,
     GatedSource,
-    Producer,
+    RecordWriter,
     SSEClient,
-    create_topic,
     env_envelope,
     event_data,
     flag,
     item_envelope,
     metric,
-    relay_settings,
     run_relay,
     segment,
     sse,
@@ -27,34 +27,18 @@ from relay_support import (
 )
 
 from protocol.sse import SSEEvent
-from relay.source import KafkaSource
 
-pytestmark = pytest.mark.integration
-
-PARTITIONS = 3
 KEY = "sdk-bbbbbbbb-1111-2222-3333-444444444444"
 
 
 @pytest.fixture
-async def topic(kafka_bootstrap: str, unique_name: str) -> str:
-    await create_topic(kafka_bootstrap, unique_name, PARTITIONS)
-    return unique_name
-
-
-@pytest.fixture
-async def producer(kafka_bootstrap: str, topic: str) -> AsyncIterator[Producer]:
-    async with Producer(kafka_bootstrap, topic, PARTITIONS) as p:
+async def producer(backend: Backend) -> AsyncIterator[RecordWriter]:
+    async with backend.producer() as p:
         await p.send(env_envelope("prod", [KEY]))
         await p.send(env_envelope("other", ["sdk-other"]))
         await p.send(item_envelope("prod", "flag", flag("a", 1)))
         await p.send(item_envelope("prod", "flag", flag("b", 1)))
         yield p
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def versions_never_go_backwards(events: list[SSEEvent]) -> None:
@@ -78,10 +62,10 @@ def versions_never_go_backwards(events: list[SSEEvent]) -> None:
 
 
 async def test_reconnect_to_another_relay_gets_exactly_the_missed_changes(
-    kafka_bootstrap: str, topic: str, producer: Producer, session: aiohttp.ClientSession
+    backend: Backend, producer: RecordWriter, session: aiohttp.ClientSession
 ) -> None:
-    settings = relay_settings(kafka_bootstrap, topic)
-    async with run_relay(settings) as a, run_relay(settings) as b:
+    settings = backend.settings()
+    async with run_relay(settings, backend.source()) as a, run_relay(settings, backend.source()) as b:
         await wait_ready(a)
         await wait_ready(b)
         assert a.state.epoch == b.state.epoch  # same topic incarnation, same positions
@@ -130,11 +114,11 @@ async def test_reconnect_to_another_relay_gets_exactly_the_missed_changes(
 
 
 async def test_client_ahead_of_the_relay_is_held_until_it_caught_up(
-    kafka_bootstrap: str, topic: str, producer: Producer, session: aiohttp.ClientSession
+    backend: Backend, producer: RecordWriter, session: aiohttp.ClientSession
 ) -> None:
-    settings = relay_settings(kafka_bootstrap, topic, catchup_wait=30.0)
-    gated = GatedSource(KafkaSource(kafka_bootstrap, topic))
-    async with run_relay(settings) as a, run_relay(settings, gated) as b:
+    settings = backend.settings(catchup_wait=30.0)
+    gated = GatedSource(backend.source())
+    async with run_relay(settings, backend.source()) as a, run_relay(settings, gated) as b:
         await wait_ready(a)
         await wait_ready(b)
         gated.gate.clear()  # b stops consuming: from now on it lags behind a
@@ -177,10 +161,10 @@ async def test_client_ahead_of_the_relay_is_held_until_it_caught_up(
 
 
 async def test_client_ahead_gets_503_if_the_relay_does_not_catch_up_in_time(
-    kafka_bootstrap: str, topic: str, producer: Producer, session: aiohttp.ClientSession
+    backend: Backend, producer: RecordWriter, session: aiohttp.ClientSession
 ) -> None:
-    settings = relay_settings(kafka_bootstrap, topic, catchup_wait=0.5)
-    gated = GatedSource(KafkaSource(kafka_bootstrap, topic))
+    settings = backend.settings(catchup_wait=0.5)
+    gated = GatedSource(backend.source())
     async with run_relay(settings, gated) as b:
         await wait_ready(b)
         gated.gate.clear()
@@ -200,10 +184,10 @@ async def test_client_ahead_gets_503_if_the_relay_does_not_catch_up_in_time(
 
 
 async def test_unknown_epoch_or_malformed_id_gets_a_full_put(
-    kafka_bootstrap: str, topic: str, producer: Producer, session: aiohttp.ClientSession
+    backend: Backend, producer: RecordWriter, session: aiohttp.ClientSession
 ) -> None:
     ids = ["ffffffffffff:1", "garbage", "", "abc:-7", "0123:99999999999999999999999", None]
-    async with run_relay(relay_settings(kafka_bootstrap, topic)) as relay:
+    async with run_relay(backend.settings(), backend.source()) as relay:
         await wait_ready(relay)
         for last_event_id in ids:
             async with sse(session, relay.url + "/all", KEY, last_event_id=last_event_id) as s:
@@ -215,12 +199,12 @@ async def test_unknown_epoch_or_malformed_id_gets_a_full_put(
 
 
 async def test_position_beyond_the_end_of_the_log_gets_a_full_put_after_the_wait(
-    kafka_bootstrap: str, topic: str, producer: Producer, session: aiohttp.ClientSession
+    backend: Backend, producer: RecordWriter, session: aiohttp.ClientSession
 ) -> None:
     """Same epoch but an offset Kafka itself does not have (offsets rewound by an unclean
     failover, or a forged id): waiting cannot help, so after ``catchup_wait`` a full put."""
-    settings = relay_settings(kafka_bootstrap, topic, catchup_wait=0.5)
-    async with run_relay(settings) as relay:
+    settings = backend.settings(catchup_wait=0.5)
+    async with run_relay(settings, backend.source()) as relay:
         await wait_ready(relay)
         await wait_until(lambda: relay.state.high_watermarks)
         beyond = f"{relay.state.epoch}:{10**9}"
@@ -233,11 +217,10 @@ async def test_position_beyond_the_end_of_the_log_gets_a_full_put_after_the_wait
 
 
 async def test_recreated_topic_is_a_new_epoch_and_old_positions_get_a_full_put(
-    kafka_bootstrap: str, topic: str, producer: Producer, session: aiohttp.ClientSession
+    backend: Backend, producer: RecordWriter, session: aiohttp.ClientSession
 ) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    async with run_relay(relay_settings(kafka_bootstrap, topic, stale_after=1.0)) as relay:
+    settings = backend.settings(stale_after=1.0)
+    async with run_relay(settings, backend.source()) as relay:
         await wait_ready(relay)
         old_epoch = relay.state.epoch
         async with sse(session, relay.url + "/all", KEY) as s:
@@ -245,19 +228,8 @@ async def test_recreated_topic_is_a_new_epoch_and_old_positions_get_a_full_put(
         old_id = put.id
         assert old_id is not None and old_id.startswith(f"{old_epoch}:")
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-        await admin.start()
-        try:
-            await admin.delete_topics([topic])
-        finally:
-            await admin.close()
-        for _ in range(40):  # deletion is asynchronous in the broker
-            try:
-                await create_topic(kafka_bootstrap, topic, PARTITIONS)
-                break
-            except RuntimeError:
-                await asyncio.sleep(0.25)
-        async with Producer(kafka_bootstrap, topic, PARTITIONS) as p2:
+        await backend.recreate()
+        async with backend.producer() as p2:
             await p2.send(env_envelope("prod", [KEY]))
             await p2.send(item_envelope("prod", "flag", flag("fresh", 1)))
 

@@ -1,6 +1,7 @@
 """The official LaunchDarkly Python server SDK (``launchdarkly-server-sdk``), unchanged,
-against a relay reading the real Kafka topic: streaming and polling modes, evaluations,
-a live toggle, and an unknown SDK key that makes the SDK give up instead of spinning."""
+against a relay reading a real Kafka topic and the in-memory log of ``flagstream dev``
+(``backend``): streaming and polling modes, evaluations, a live toggle, and an unknown SDK
+key that makes the SDK give up instead of spinning."""
 
 from __future__ import annotations
 
@@ -14,22 +15,18 @@ from ldclient import Context, LDClient
 from ldclient.config import Config
 from ldclient.interfaces import DataSourceState
 from relay_support import (
-    Producer,
+    Backend,
+    RecordWriter,
     RunningRelay,
-    create_topic,
     env_envelope,
     flag,
     item_envelope,
     metric,
-    relay_settings,
     run_relay,
     wait_ready,
     wait_until,
 )
 
-pytestmark = pytest.mark.integration
-
-PARTITIONS = 3
 KEY = "sdk-cccccccc-1111-2222-3333-444444444444"
 
 FLAGS = [
@@ -54,14 +51,11 @@ FLAGS = [
 
 
 @pytest.fixture
-async def relay(
-    kafka_bootstrap: str, unique_name: str
-) -> AsyncIterator[tuple[RunningRelay, Producer]]:
-    await create_topic(kafka_bootstrap, unique_name, PARTITIONS)
-    async with Producer(kafka_bootstrap, unique_name, PARTITIONS) as producer:
+async def relay(backend: Backend) -> AsyncIterator[tuple[RunningRelay, RecordWriter]]:
+    async with backend.producer() as producer:
         await producer.send(env_envelope("prod", [KEY]))
         await producer.send_many(item_envelope("prod", "flag", f) for f in FLAGS)
-        async with run_relay(relay_settings(kafka_bootstrap, unique_name)) as r:
+        async with run_relay(backend.settings(), backend.source()) as r:
             await wait_ready(r)
             yield r, producer
 
@@ -124,7 +118,7 @@ async def wait_for_sdk(predicate: Callable[[], bool], within: float = 15.0) -> f
 
 @pytest.mark.parametrize("stream", [True, False], ids=["streaming", "polling"])
 async def test_sdk_initializes_evaluates_and_sees_a_toggle(
-    relay: tuple[RunningRelay, Producer], stream: bool
+    relay: tuple[RunningRelay, RecordWriter], stream: bool
 ) -> None:
     r, producer = relay
     config = sdk_config(r.url, KEY, stream=stream)
@@ -157,7 +151,7 @@ async def test_sdk_initializes_evaluates_and_sees_a_toggle(
 
 @pytest.mark.parametrize("stream", [True, False], ids=["streaming", "polling"])
 async def test_unknown_sdk_key_makes_the_sdk_give_up(
-    relay: tuple[RunningRelay, Producer], stream: bool
+    relay: tuple[RunningRelay, RecordWriter], stream: bool
 ) -> None:
     r, _ = relay
     config = sdk_config(r.url, "sdk-00000000-0000-0000-0000-000000000000", stream=stream)
@@ -181,18 +175,15 @@ async def test_unknown_sdk_key_makes_the_sdk_give_up(
 
 
 async def test_streaming_sdk_resumes_with_last_event_id_after_its_stream_ends(
-    kafka_bootstrap: str, unique_name: str
+    backend: Backend,
 ) -> None:
     """Streams end after their lifetime; the real SDK reconnects with ``Last-Event-ID``
     and gets only what it missed: never a second ``put``."""
-    await create_topic(kafka_bootstrap, unique_name, PARTITIONS)
-    settings = relay_settings(
-        kafka_bootstrap, unique_name, max_connection_lifetime=1.0, lifetime_jitter=0.0
-    )
-    async with Producer(kafka_bootstrap, unique_name, PARTITIONS) as producer:
+    settings = backend.settings(max_connection_lifetime=1.0, lifetime_jitter=0.0)
+    async with backend.producer() as producer:
         await producer.send(env_envelope("prod", [KEY]))
         await producer.send_many(item_envelope("prod", "flag", f) for f in FLAGS)
-        async with run_relay(settings) as r:
+        async with run_relay(settings, backend.source()) as r:
             await wait_ready(r)
             client = await asyncio.to_thread(LDClient, sdk_config(r.url, KEY, stream=True), 10)
             try:
