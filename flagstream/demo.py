@@ -44,6 +44,7 @@ from typing import Any
 
 import aiohttp
 
+from flagstream import procgroup
 from flagstream.dev import DEMO_ENV, TOGGLE_FLAG
 from protocol.sse import SSEEvent, SSEParser
 
@@ -269,29 +270,14 @@ class Child:
 
     def kill(self) -> None:
         """SIGKILL, no drain: what a crashed machine looks like to its clients."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+        procgroup.kill_group(self.proc)
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM (a relay drains), then SIGKILL if it is still there after ``timeout``."""
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        # Its process group may hold workers; make sure none is left.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        procgroup.stop_group(self.proc, timeout)
 
     def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return procgroup.log_tail(self.log_path, lines)
 
 
 class DemoError(Exception):

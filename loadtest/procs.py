@@ -9,9 +9,7 @@ raised file-descriptor limit. ``Service.close`` sends SIGTERM, then SIGKILL.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+
+from flagstream import procgroup
 
 __all__ = ["Service", "ServiceError", "free_port", "spawn_publisher", "spawn_relay", "wait_ready"]
 
@@ -48,28 +48,14 @@ class Service:
         return self.proc.pid
 
     def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(text[-lines:])
+        return procgroup.log_tail(self.log_path, lines)
 
     def kill(self) -> None:
         """SIGKILL the whole process group (the relay's workers too): a crash."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+        procgroup.kill_group(self.proc)
 
     def close(self, timeout: float = 10.0) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # stray workers
+        procgroup.stop_group(self.proc, timeout)
         if not os.environ.get("FLAGSTREAM_LOADTEST_KEEP_LOGS"):
             self.log_path.unlink(missing_ok=True)
 

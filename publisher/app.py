@@ -265,12 +265,15 @@ async def get_item(request: web.Request) -> web.Response:
     return _json(item, headers={"ETag": f'"{item["version"]}"'})
 
 
-async def put_item(request: web.Request) -> web.Response:
+async def _write_with_body(
+    request: web.Request, write: Callable[..., Awaitable[WriteResult]]
+) -> web.Response:
+    """PUT and PATCH: ``write`` is ``Publisher.put_item`` or ``Publisher.patch_item``."""
     env, key = request.match_info["env"], request.match_info["key"]
     actor = _principal(request, "write", env)
     if_match = _if_match(request)
     body = await _json_body(request)
-    result = await request.app[PUBLISHER].put_item(
+    result = await write(
         env,
         _kind(request),
         key,
@@ -280,23 +283,14 @@ async def put_item(request: web.Request) -> web.Response:
         comment_header=request.headers.get("X-Change-Comment"),
     )
     return await _answer_write(request, result)
+
+
+async def put_item(request: web.Request) -> web.Response:
+    return await _write_with_body(request, request.app[PUBLISHER].put_item)
 
 
 async def patch_item(request: web.Request) -> web.Response:
-    env, key = request.match_info["env"], request.match_info["key"]
-    actor = _principal(request, "write", env)
-    if_match = _if_match(request)
-    body = await _json_body(request)
-    result = await request.app[PUBLISHER].patch_item(
-        env,
-        _kind(request),
-        key,
-        body,
-        if_match=if_match,
-        actor=actor,
-        comment_header=request.headers.get("X-Change-Comment"),
-    )
-    return await _answer_write(request, result)
+    return await _write_with_body(request, request.app[PUBLISHER].patch_item)
 
 
 async def delete_item(request: web.Request) -> web.Response:

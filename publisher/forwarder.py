@@ -193,8 +193,6 @@ class Forwarder:
             except StoreUnavailable as exc:
                 self._metrics.store_errors.inc()
                 _log.warning("forwarder: %s; retrying in %.1fs", exc, backoff)
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, self._backoff_max)
             except Exception as exc:
                 self.kafka_ok = False
                 self._metrics.kafka_errors.inc()
@@ -204,8 +202,10 @@ class Forwarder:
                     exc,
                     backoff,
                 )
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, self._backoff_max)
+            else:
+                continue
+            await self._sleep(backoff)  # only after a failed step
+            backoff = min(backoff * 2, self._backoff_max)
 
     async def _wait_kick(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

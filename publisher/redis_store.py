@@ -52,44 +52,53 @@ __all__ = ["RedisStore"]
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
-_WRITE_ITEM = """
--- KEYS: envs, items, versions, outbox, audit, write-id marker
--- ARGV: env, key, item, version, expected, rkey, rvalue, now_ms, audit, audit_max
-local done = redis.call('GET', KEYS[6])
+# Both writes share one frame: the same first three KEYS and six ARGV, an idempotence check
+# first (a retried call whose first attempt landed returns that attempt's outbox id) and, last,
+# the atomic append of the outbox entry and audit line with the write-id marker.
+# KEYS: outbox, audit, write-id marker, <write's own keys...>
+# ARGV: env, rkey, rvalue, now_ms, audit, audit_max, <write's own args...>
+_WRITE_HEAD = """
+local done = redis.call('GET', KEYS[3])
 if done then return {'ok', done} end
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return {'noenv'} end
-local cur = tonumber(redis.call('HGET', KEYS[3], ARGV[2]) or '0')
-if cur ~= tonumber(ARGV[5]) or tonumber(ARGV[4]) ~= cur + 1 then
-  return {'conflict', tostring(cur)}
-end
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
-local id = redis.call('XADD', KEYS[4], '*', 'env', ARGV[1], 'k', ARGV[6], 'v', ARGV[7],
-                      't', ARGV[8])
-redis.call('LPUSH', KEYS[5], ARGV[9])
-redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[10]) - 1)
-redis.call('SET', KEYS[6], id, 'PX', 600000)
+"""
+
+_WRITE_TAIL = """
+local id = redis.call('XADD', KEYS[1], '*', 'env', ARGV[1], 'k', ARGV[2], 'v', ARGV[3],
+                      't', ARGV[4])
+redis.call('LPUSH', KEYS[2], ARGV[5])
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[6]) - 1)
+redis.call('SET', KEYS[3], id, 'PX', 600000)
 return {'ok', id}
 """
 
-_WRITE_ENV = """
--- KEYS: envs, env_versions, outbox, audit, write-id marker
--- ARGV: env, record, version, expected, rkey, rvalue, now_ms, audit, audit_max
-local done = redis.call('GET', KEYS[5])
-if done then return {'ok', done} end
-local expected = tonumber(ARGV[4])
-if expected == 0 and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return {'exists'} end
-local cur = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
-if cur ~= expected or tonumber(ARGV[3]) ~= cur + 1 then return {'conflict', tostring(cur)} end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-local id = redis.call('XADD', KEYS[3], '*', 'env', ARGV[1], 'k', ARGV[5], 'v', ARGV[6],
-                      't', ARGV[7])
-redis.call('LPUSH', KEYS[4], ARGV[8])
-redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[9]) - 1)
-redis.call('SET', KEYS[5], id, 'PX', 600000)
-return {'ok', id}
+_WRITE_ITEM = (
+    _WRITE_HEAD
+    + """
+-- own KEYS: envs, items, versions; own ARGV: key, item, version, expected
+if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 0 then return {'noenv'} end
+local cur = tonumber(redis.call('HGET', KEYS[6], ARGV[7]) or '0')
+if cur ~= tonumber(ARGV[10]) or tonumber(ARGV[9]) ~= cur + 1 then
+  return {'conflict', tostring(cur)}
+end
+redis.call('HSET', KEYS[5], ARGV[7], ARGV[8])
+redis.call('HSET', KEYS[6], ARGV[7], ARGV[9])
 """
+    + _WRITE_TAIL
+)
+
+_WRITE_ENV = (
+    _WRITE_HEAD
+    + """
+-- own KEYS: envs, env_versions; own ARGV: record, version, expected
+local expected = tonumber(ARGV[9])
+if expected == 0 and redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1 then return {'exists'} end
+local cur = tonumber(redis.call('HGET', KEYS[5], ARGV[1]) or '0')
+if cur ~= expected or tonumber(ARGV[8]) ~= cur + 1 then return {'conflict', tostring(cur)} end
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[7])
+redis.call('HSET', KEYS[5], ARGV[1], ARGV[8])
+"""
+    + _WRITE_TAIL
+)
 
 _ACQUIRE_LEASE = """
 -- KEYS: lease, fence; ARGV: owner, ttl_ms. Returns the term's fence, or -1 if taken.
@@ -234,30 +243,30 @@ class RedisStore:
         now_ms: int,
     ) -> str:
         result = await self._write_env(
-            keys=[
-                self._k("envs"),
-                self._k("env_versions"),
-                self._k("outbox"),
-                self._audit(record.key),
-                self._write_marker(),
-            ],
+            keys=[*self._frame_keys(record.key), self._k("envs"), self._k("env_versions")],
             args=[
-                record.key,
+                *self._frame_args(record.key, outbox, now_ms, audit),
                 record.to_json(),
                 record.version,
                 expected_version,
-                outbox.key,
-                outbox.value,
-                now_ms,
-                audit,
-                self._audit_max,
             ],
         )
         return self._outcome(result, record.key)
 
-    # -- items -------------------------------------------------------------------------
+    # -- the frame both write scripts share (see _WRITE_HEAD) ---------------------------
+    def _frame_keys(self, env: str) -> list[str]:
+        """outbox, the environment's audit list, a fresh write-id marker."""
+        return [self._k("outbox"), self._audit(env), self._write_marker()]
+
     def _write_marker(self) -> str:
         return self._k("write", uuid.uuid4().hex)
+
+    def _frame_args(
+        self, env: str, outbox: KafkaRecord, now_ms: int, audit: bytes
+    ) -> list[str | bytes | int]:
+        return [env, outbox.key, outbox.value, now_ms, audit, self._audit_max]
+
+    # -- items -------------------------------------------------------------------------
 
     def _items(self, env: str, kind: str) -> str:
         return self._k("items", env, kind)
@@ -290,24 +299,17 @@ class RedisStore:
     ) -> str:
         result = await self._write_item(
             keys=[
+                *self._frame_keys(env),
                 self._k("envs"),
                 self._items(env, kind),
                 self._k("versions", env, kind),
-                self._k("outbox"),
-                self._audit(env),
-                self._write_marker(),
             ],
             args=[
-                env,
+                *self._frame_args(env, outbox, now_ms, audit),
                 key,
                 item,
                 version,
                 expected_version,
-                outbox.key,
-                outbox.value,
-                now_ms,
-                audit,
-                self._audit_max,
             ],
         )
         return self._outcome(result, env)

@@ -97,7 +97,19 @@ class RelayHandlers:
             retry_after=self.settings.retry_after,
         )
 
-    def _authorize(self, request: web.Request) -> Environment | web.Response:
+    def _full(self) -> web.Response:
+        self.metrics.connections_rejected_total.labels(reason="full").inc()
+        return problem(
+            503,
+            "Service Unavailable",
+            "this relay accepts no more streams right now; retry shortly",
+            retry_after=self.settings.retry_after,
+        )
+
+    def _admit(self, request: web.Request) -> Environment | web.Response:
+        """The request's environment once the state is ready and its SDK key is known."""
+        if not self.state.ready:
+            return self._not_ready()
         key = sdk_key_from_header(request.headers.get("Authorization"))
         env = self.state.credentials.resolve(key)
         environment = self.state.environments.get(env) if env is not None else None
@@ -118,19 +130,11 @@ class RelayHandlers:
         self, request: web.Request, stream: Literal["all", "flags"]
     ) -> web.StreamResponse:
         state = self.state
-        if not state.ready:
-            return self._not_ready()
-        environment = self._authorize(request)
+        environment = self._admit(request)
         if isinstance(environment, web.Response):
             return environment
         if not self.hub.can_accept():
-            self.metrics.connections_rejected_total.labels(reason="full").inc()
-            return problem(
-                503,
-                "Service Unavailable",
-                "this relay accepts no more streams right now; retry shortly",
-                retry_after=self.settings.retry_after,
-            )
+            return self._full()
         last = parse_position(request.headers.get("Last-Event-ID"))
         resume = last is not None and last.epoch == state.epoch
         if resume and last is not None and state.consumed(environment.partition) < last.offset:
@@ -158,13 +162,7 @@ class RelayHandlers:
                         retry_after=self.settings.retry_after,
                     )
             if not self.hub.can_accept():  # the hub may have filled up or started draining
-                self.metrics.connections_rejected_total.labels(reason="full").inc()
-                return problem(
-                    503,
-                    "Service Unavailable",
-                    "this relay accepts no more streams right now; retry shortly",
-                    retry_after=self.settings.retry_after,
-                )
+                return self._full()
         if resume and last is not None:
             initial = catchup_events(environment.changes_after(last.offset), stream, last.epoch)
             self.metrics.resumptions_total.inc()
@@ -191,9 +189,7 @@ class RelayHandlers:
     # --- polling ------------------------------------------------------------------------
 
     async def latest_all(self, request: web.Request) -> web.Response:
-        if not self.state.ready:
-            return self._not_ready()
-        environment = self._authorize(request)
+        environment = self._admit(request)
         if isinstance(environment, web.Response):
             return environment
         etag = f'"{self.state.position(environment)}"'
@@ -214,17 +210,14 @@ class RelayHandlers:
     async def readyz(self, request: web.Request) -> web.Response:
         if getattr(self.hub, "draining", False):
             # Load balancers stop routing here while the streams are being drained.
-            return web.json_response(
-                {"status": "draining"},
-                status=503,
-                headers={"Retry-After": str(self.settings.retry_after)},
-            )
+            return self._unready({"status": "draining"})
         if self.state.ready:
             return web.json_response({"status": "ready"})
+        return self._unready({"status": "bootstrapping", "lagRecords": self.state.lag()})
+
+    def _unready(self, body: dict[str, Any]) -> web.Response:
         return web.json_response(
-            {"status": "bootstrapping", "lagRecords": self.state.lag()},
-            status=503,
-            headers={"Retry-After": str(self.settings.retry_after)},
+            body, status=503, headers={"Retry-After": str(self.settings.retry_after)}
         )
 
     async def status(self, request: web.Request) -> web.Response:
@@ -303,6 +296,7 @@ def build_app(
         hub = Hub(settings, metrics)
     state = State(metrics)
     state.listeners.append(hub.publish)
+    state.reset_listeners.append(hub.close_all)
     follower = Follower(
         source,
         state,

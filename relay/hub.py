@@ -78,8 +78,8 @@ _STREAM_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 
-CloseReason = Literal["client", "evicted", "lifetime", "drain"]
-_CLOSE_REASONS: tuple[CloseReason, ...] = ("client", "evicted", "lifetime", "drain")
+CloseReason = Literal["client", "evicted", "lifetime", "drain", "reset"]
+_CLOSE_REASONS: tuple[CloseReason, ...] = ("client", "evicted", "lifetime", "drain", "reset")
 
 
 def worker_identity() -> dict[str, int]:
@@ -337,6 +337,12 @@ class Hub:
         # Streams that registered in a race with the flag (none expected) go too.
         for c in [c for env in self._envs.values() for c in _all_streams(env)]:
             self._close(c, "drain")
+
+    def close_all(self) -> None:
+        """Close every open stream now (reason ``reset``): the topic was recreated, so the
+        positions those SDKs hold mean nothing; they reconnect and get a full put."""
+        for c in [c for env in self._envs.values() for c in _all_streams(env)]:
+            self._close(c, "reset")
 
     # --- registration --------------------------------------------------------------------
 

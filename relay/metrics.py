@@ -50,7 +50,7 @@ class RelayMetrics:
         )
         self.connections_closed_total = Counter(
             p + "connections_closed",
-            "SSE streams closed, by reason (client|evicted|lifetime|drain)",
+            "SSE streams closed, by reason (client|evicted|lifetime|drain|reset)",
             ["reason"],
             registry=r,
         )

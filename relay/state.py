@@ -179,6 +179,9 @@ class State:
         self.ready = False
         self.ready_event = asyncio.Event()
         self.listeners: list[Callable[[Change], None]] = []
+        # Called when the topic's epoch changes: positions of the old incarnation mean
+        # nothing now, so open streams must end and come back for a full put.
+        self.reset_listeners: list[Callable[[], None]] = []
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._item_count = 0
         self._partition_cache: dict[str, int] = {}
@@ -202,6 +205,8 @@ class State:
             self.ready = False
             self.ready_event.clear()
             self.metrics.ready.set(0)
+            for reset in self.reset_listeners:
+                reset()
         self.epoch = epoch
         self.partitions = partitions
         self._partition_cache = {}

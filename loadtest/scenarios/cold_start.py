@@ -96,39 +96,26 @@ async def run(ctx: Context) -> Result:
                 fill_s = await _fill(ctx, topic, size, a.envs, counter)
                 progress.note(f"{size} flags written in {fill_s:.1f}s; starting a relay")
                 state["phase"] = "relay bootstrap"
+                fill = {
+                    "flags": size,
+                    "envs": a.envs,
+                    "fill_s": fill_s,
+                    "fill_rate": size / fill_s if fill_s else 0,
+                }
                 try:
                     relay = await start_relay(
                         ctx, topic, name=f"relay-{size}", within=a.bootstrap_timeout
                     )
                 except ServiceError as exc:
                     first_line = str(exc).splitlines()[0]
-                    rows.append(
-                        {
-                            "flags": size,
-                            "envs": a.envs,
-                            "fill_s": fill_s,
-                            "fill_rate": size / fill_s if fill_s else 0,
-                            "ready_s": None,
-                            "relay_rss": None,
-                            "error": first_line,
-                        }
-                    )
+                    rows.append({**fill, "ready_s": None, "relay_rss": None, "error": first_line})
                     result.notes.append(f"{size} flags: {first_line}")
                     progress.note(f"{size} flags: {first_line}")
                     continue
                 # relay.started is taken right after spawn: the real start-to-ready time
                 ready_from_exec = time.perf_counter() - relay.started
                 rss = rss_bytes(relay.pid)
-                rows.append(
-                    {
-                        "flags": size,
-                        "envs": a.envs,
-                        "fill_s": fill_s,
-                        "fill_rate": size / fill_s if fill_s else 0,
-                        "ready_s": ready_from_exec,
-                        "relay_rss": rss,
-                    }
-                )
+                rows.append({**fill, "ready_s": ready_from_exec, "relay_rss": rss})
                 progress.note(
                     f"{size} flags: ready after {ready_from_exec:.2f}s, RSS {rss / 2**20:.0f} MiB"
                 )

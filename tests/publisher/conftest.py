@@ -1,4 +1,10 @@
-"""Fixtures of the publisher tests: stores (Redis and in-memory), a Kafka log, a running app."""
+"""Fixtures of the publisher tests: stores (Redis and in-memory), a Kafka log, a running app.
+
+``api`` runs every API test on both backend combinations the product ships:
+``[redis+kafka]`` (the Redis system of record and the real Kafka topic of the local stack)
+and ``[memory]`` (``MemoryStore`` + ``flagstream.memlog.MemoryLog``, the embedded backend
+of ``flagstream dev``, no external service).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,17 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from publisher_support import PARTITIONS, Api, ApiFactory, settings_for
+from publisher_support import (
+    NO_KAFKA,
+    PARTITIONS,
+    Api,
+    ApiFactory,
+    forget_memory_log,
+    remember_memory_log,
+    settings_for,
+)
 
+from flagstream.memlog import MemoryLog
 from publisher.app import build_app
 from publisher.log import KafkaRecordLog, RecordLog
 from publisher.memory_store import MemoryStore
@@ -17,19 +32,26 @@ from publisher.redis_store import RedisStore
 from publisher.store import Store
 
 
-@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.integration), "memory"])
-async def store(request: pytest.FixtureRequest, unique_name: str) -> AsyncIterator[Store]:
-    """Each API test runs on both Store implementations (same semantics)."""
-    if request.param == "memory":
-        yield MemoryStore()
-        return
+async def _redis_store(request: pytest.FixtureRequest) -> RedisStore:
     redis_url: str = request.getfixturevalue("redis_url")
-    s = RedisStore(redis_url, prefix=f"{unique_name}:")
+    unique_name: str = request.getfixturevalue("unique_name")
+    return RedisStore(redis_url, prefix=f"{unique_name}:")
+
+
+async def _close(store: Store) -> None:
+    if isinstance(store, RedisStore):
+        await store.delete_all()
+        await store.close()
+
+
+@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.integration), "memory"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    """Each store test runs on both Store implementations (same semantics)."""
+    s: Store = MemoryStore() if request.param == "memory" else await _redis_store(request)
     try:
         yield s
     finally:
-        await s.delete_all()
-        await s.close()
+        await _close(s)
 
 
 @pytest.fixture
@@ -53,13 +75,24 @@ def kafka_log(kafka_bootstrap: str, topic: str) -> KafkaRecordLog:
 
 
 @pytest.fixture
-async def make_api(kafka_bootstrap: str, unique_name: str) -> AsyncIterator[ApiFactory]:
-    """Build and start publisher apps; everything is torn down after the test."""
+async def make_api(request: pytest.FixtureRequest, unique_name: str) -> AsyncIterator[ApiFactory]:
+    """Build and start publisher apps; everything is torn down after the test.
+
+    Without ``log`` an app writes to a new topic of the local Kafka; pass a ``MemoryLog`` to
+    stay in memory (the shared stack is then not needed at all).
+    """
     started: list[TestClient[web.Request, web.Application]] = []
+    topics: list[str] = []
 
     async def factory(store: Store, log: RecordLog | None = None, **overrides: Any) -> Api:
         topic = overrides.pop("topic", f"{unique_name}.state")
-        overrides.setdefault("kafka_bootstrap", kafka_bootstrap)
+        if isinstance(log, MemoryLog):
+            # Nothing listens there: an app of a memory test that touched Kafka would fail.
+            overrides.setdefault("kafka_bootstrap", NO_KAFKA)
+            remember_memory_log(topic, log)
+            topics.append(topic)
+        elif "kafka_bootstrap" not in overrides:
+            overrides["kafka_bootstrap"] = request.getfixturevalue("kafka_bootstrap")
         settings = settings_for(topic=topic, **overrides)
         if log is None:
             log = KafkaRecordLog(settings.kafka_bootstrap, topic, create_partitions=PARTITIONS)
@@ -72,8 +105,20 @@ async def make_api(kafka_bootstrap: str, unique_name: str) -> AsyncIterator[ApiF
     yield factory
     for client in reversed(started):
         await client.close()
+    for topic in topics:
+        forget_memory_log(topic)
 
 
-@pytest.fixture
-async def api(store: Store, make_api: ApiFactory) -> Api:
-    return await make_api(store)
+@pytest.fixture(
+    params=[pytest.param("redis+kafka", marks=pytest.mark.integration), "memory"],
+)
+async def api(request: pytest.FixtureRequest, make_api: ApiFactory) -> AsyncIterator[Api]:
+    """A running publisher on Redis + Kafka, or on the in-memory store and log."""
+    if request.param == "memory":
+        yield await make_api(MemoryStore(), MemoryLog(PARTITIONS))
+        return
+    store = await _redis_store(request)
+    try:
+        yield await make_api(store)
+    finally:
+        await _close(store)

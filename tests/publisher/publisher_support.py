@@ -1,4 +1,5 @@
-"""Helpers of the publisher tests: settings, an API client wrapper, reading the topic back."""
+"""Helpers of the publisher tests: settings, an API client wrapper, reading the log back
+(the Kafka topic, or the in-memory log an app of ``make_api`` was given)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from aiohttp.test_utils import TestClient
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from multidict import CIMultiDict
 
+from flagstream.memlog import MemoryLog
 from protocol.envelope import Envelope, decode_envelope
 from protocol.keys import partition_for
 from publisher.app import FORWARDER
@@ -21,6 +23,19 @@ from publisher.store import Store
 
 ADMIN = "test-admin-token-0123456789"
 PARTITIONS = 3
+# Where an app on the in-memory log "finds Kafka": nothing listens there.
+NO_KAFKA = "127.0.0.1:9"
+
+# Topic name -> the MemoryLog standing in for it, for ``read_topic`` (make_api fills it).
+_memory_logs: dict[str, MemoryLog] = {}
+
+
+def remember_memory_log(topic: str, log: MemoryLog) -> None:
+    _memory_logs[topic] = log
+
+
+def forget_memory_log(topic: str) -> None:
+    _memory_logs.pop(topic, None)
 
 
 def settings_for(**overrides: Any) -> PublisherSettings:
@@ -74,7 +89,16 @@ ApiFactory = Callable[..., Awaitable[Api]]
 async def read_topic(
     bootstrap: str, topic: str, env: str, *, partitions: int = PARTITIONS, expect: int
 ) -> list[Envelope]:
-    """Read ``env``'s partition from the beginning (manual assignment, no group)."""
+    """Read ``env``'s partition from the beginning (manual assignment, no group).
+
+    For a topic an app of ``make_api`` wrote to a ``MemoryLog``, that log is read instead
+    (its records are all there once ``send`` returned; ``expect`` is not needed).
+    """
+    memory = _memory_logs.get(topic)
+    if memory is not None:
+        records = memory.records(partition_for(env, partitions))
+        decoded = [decode_envelope(r.value) for r in records]
+        return [e for e in decoded if e.env == env]
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
     )

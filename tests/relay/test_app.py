@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -32,6 +32,7 @@ from relay_support import (
 
 from protocol.keys import partition_for, record_key
 from relay.app import FOLLOWER_KEY, HUB_KEY
+from relay.hub import Hub
 from relay.source import KafkaSource
 
 PARTITIONS = 3
@@ -85,7 +86,7 @@ async def test_streams_polling_and_auth(
         ):
             (put,) = await stream.wait_events(1)
             assert put.event == "put"
-            assert put.id is not None and put.id.startswith(relay.state.epoch + ":")
+            assert put.id is not None and put.id.startswith(f"{relay.state.epoch}:")
             data = event_data(put)
             assert data["path"] == "/"
             assert data["data"]["flags"]["a"]["version"] == 1
@@ -93,8 +94,12 @@ async def test_streams_polling_and_auth(
             (lput,) = await legacy.wait_events(1)
             assert lput.event == "put" and event_data(lput)["a"]["version"] == 1
 
+            # One at a time: changes of one item that reach the hub together are coalesced
+            # (only the newest is sent), and the in-memory log delivers a burst at once.
             _, off2 = await producer.send(item_envelope("prod", "flag", flag("a", 2, on=False)))
+            await stream.wait_events(2)
             _, off3 = await producer.send(item_envelope("prod", "flag", flag("a", 3, deleted=True)))
+            await stream.wait_events(3)
             _, off4 = await producer.send(item_envelope("prod", "segment", segment("s", 2)))
             events = await stream.wait_events(4)
             assert [(e.event, e.id) for e in events[1:]] == [
@@ -148,7 +153,7 @@ async def test_operations_endpoints_and_no_secrets(
         doc = json.loads(body)
         assert doc["status"] == "healthy" and doc["ready"] is True and doc["stale"] is False
         assert doc["environments"] == 1 and doc["epoch"] == relay.state.epoch
-        assert doc["positions"]["prod"].startswith(relay.state.epoch + ":")
+        assert doc["positions"]["prod"].startswith(f"{relay.state.epoch}:")
         assert doc["lagRecords"] == 0
         assert KEY.encode() not in body
         # Prometheus text: our metrics, no flag keys, no SDK keys.
@@ -175,7 +180,7 @@ async def test_operations_endpoints_and_no_secrets(
         async with session.head(relay.url + "/all", headers={"Authorization": KEY}) as r:
             assert r.status == 405
         # Draining: not ready for load balancers, and new streams are refused with 503.
-        await relay.app[HUB_KEY].drain(0)
+        await cast(Hub, relay.app[HUB_KEY]).drain(0)
         status, headers, _ = await get(session, relay.url + "/readyz")
         assert status == 503 and "Retry-After" in headers
         status, headers, _ = await get(session, relay.url + "/all", Authorization=KEY)

@@ -476,6 +476,23 @@ async def test_drain_closes_every_stream_within_the_window(detach: bool) -> None
         assert sample(metrics, "connections_closed_total", reason="drain") == 20
 
 
+async def test_close_all_ends_every_stream_and_keeps_accepting(detach: bool) -> None:
+    # Used when the topic is recreated: old positions mean nothing, SDKs must come back.
+    async with running_hub(detach) as (hub, metrics, port):
+        clients = [await StreamClient.open(port) for _ in range(5)]
+        for c in clients:
+            assert await c.head() == 200
+        await wait_for(lambda: hub.connection_count() == 5)
+        hub.close_all()
+        for c in clients:
+            await c.until_eof(5)
+        assert hub.connection_count() == 0
+        assert sample(metrics, "connections_closed_total", reason="reset") == 5
+        assert hub.can_accept() and not hub.draining
+        again = await StreamClient.open(port)
+        assert await again.head() == 200
+
+
 async def test_fanout_delay_is_observed_per_change(detach: bool) -> None:
     async with running_hub(detach) as (hub, metrics, port):
         c = await StreamClient.open(port)

@@ -74,7 +74,7 @@ def sdk_config(url: str, sdk_key: str, *, stream: bool) -> Config:
     if not stream:
         # The SDK enforces a 30 s minimum poll interval; shorten it so a test sees a toggle
         # within seconds (the relay's behaviour does not depend on the interval).
-        config._Config__poll_interval = 0.2
+        setattr(config, "_Config__poll_interval", 0.2)  # noqa: B010 (mypy: name-mangled)
     return config
 
 
@@ -163,7 +163,7 @@ async def test_unknown_sdk_key_makes_the_sdk_give_up(
         await wait_until(lambda: client.data_source_status_provider.status.error is not None)
         status = client.data_source_status_provider.status
         assert status.state != DataSourceState.VALID
-        assert status.error.status_code == 401
+        assert status.error is not None and status.error.status_code == 401
         rejected = {"reason": "unauthorized"}
         assert metric(r.metrics, "flagstream_relay_connections_rejected_total", rejected) == 1
         # It does not come back: no retry loop against the relay.
