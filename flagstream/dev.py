@@ -27,12 +27,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import secrets
 import shlex
 import shutil
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -295,6 +297,17 @@ class DevServer:
         return self.app[_PUBLISHER_APP]
 
 
+def _listen_hint(exc: OSError, host: str) -> str:
+    """What to do about a failed bind: only a port in use suggests another instance."""
+    if exc.errno == errno.EADDRINUSE:
+        return "(is another flagstream dev running? choose another --port)"
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        return f"(--host {host!r} is not an address of this machine; use e.g. 127.0.0.1)"
+    if exc.errno == errno.EACCES:
+        return "(this port needs privileges; choose a --port above 1023)"
+    return "(check --host and --port)"
+
+
 class DevStartError(Exception):
     """A start-up failure with a one-line message for the user (e.g. port in use)."""
 
@@ -332,8 +345,7 @@ async def running(
             await site.start()
         except OSError as exc:
             raise DevStartError(
-                f"cannot listen on {host}:{port}: {exc.strerror or exc} "
-                "(is another flagstream dev running? choose another --port)"
+                f"cannot listen on {host}:{port}: {exc.strerror or exc} {_listen_hint(exc, host)}"
             ) from None
         bound_host, bound_port = runner.addresses[0][:2]
         url = f"http://{_url_host(bound_host)}:{bound_port}"

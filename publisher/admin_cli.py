@@ -10,11 +10,13 @@ printed), 2 bad usage or input file, 3 the publisher cannot be reached. A write 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import re
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -33,6 +35,32 @@ class CliError(Exception):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
+
+
+def _q(segment: str) -> str:
+    """One URL path segment, percent-encoded (``/``, ``?``, spaces, control characters...)."""
+    return urllib.parse.quote(segment, safe="")
+
+
+def _validate_url(url: str) -> str:
+    """The publisher base URL, or a usage error saying what a valid one looks like."""
+    hint = f"invalid publisher URL {url!r} (--url / FLAGSTREAM_PUBLISHER_URL): "
+    example = f"expected e.g. {DEFAULT_URL}"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise CliError(f"{hint}{exc}; {example}", EXIT_USAGE) from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CliError(f"{hint}{example}", EXIT_USAGE)
+    if parts.query or parts.fragment or any(ord(c) < 33 or ord(c) == 127 for c in url):
+        raise CliError(f"{hint}no query, fragment, spaces or control characters; {example}", 2)
+    return url
+
+
+def _excerpt(raw: bytes, limit: int = 200) -> str:
+    text = " ".join(raw.decode(errors="replace").split())
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 class Client:
@@ -59,11 +87,15 @@ class Client:
                 return resp.status, json.loads(raw) if raw else None
         except urllib.error.HTTPError as exc:
             raw = exc.read()
+            detail = None
             try:
                 problem = json.loads(raw)
                 detail = problem.get("detail") or problem.get("title")
             except (ValueError, AttributeError):
-                detail = raw.decode(errors="replace")[:200]
+                pass
+            if not detail:  # not a problem document (e.g. a proxy's page): reason and excerpt
+                excerpt = _excerpt(raw)
+                detail = f"{exc.reason}" + (f": {excerpt}" if excerpt else "")
             raise CliError(f"{method} {path}: {exc.code} {detail}", EXIT_API) from exc
         except urllib.error.URLError as exc:
             reason = getattr(exc.reason, "strerror", None) or str(exc.reason)
@@ -76,6 +108,10 @@ class Client:
             raise CliError(
                 f"cannot reach the publisher at {self.url}: {exc}", EXIT_CONNECT
             ) from exc
+        except (ValueError, http.client.HTTPException) as exc:
+            # client-side: an invalid URL or header (InvalidURL is a ValueError), or an answer
+            # that is not JSON
+            raise CliError(f"{method} {path}: {type(exc).__name__}: {exc}", EXIT_USAGE) from exc
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -138,8 +174,8 @@ def _envs(value: Any) -> str:
 
 
 def _items_path(kind: str, env: str, key: str | None = None) -> str:
-    base = f"/api/v1/environments/{env}/{kind}s"
-    return base if key is None else f"{base}/{key}"
+    base = f"/api/v1/environments/{_q(env)}/{kind}s"
+    return base if key is None else f"{base}/{_q(key)}"
 
 
 def run(args: argparse.Namespace, client: Client) -> str | Any:
@@ -177,7 +213,7 @@ def run(args: argparse.Namespace, client: Client) -> str | Any:
                 _table(rows, ["KEY", "NAME", "VERSION", "SDK KEYS"]) if rows else "no environments"
             )
         if args.action == "show":
-            _, body = client.call("GET", f"/api/v1/environments/{args.key}")
+            _, body = client.call("GET", f"/api/v1/environments/{_q(args.key)}")
             if args.json:
                 return body
             keys = "\n".join(
@@ -190,7 +226,7 @@ def run(args: argparse.Namespace, client: Client) -> str | Any:
         if args.action == "rotate-sdk-key":
             status, body = client.call(
                 "POST",
-                f"/api/v1/environments/{args.key}/sdk-keys/rotate",
+                f"/api/v1/environments/{_q(args.key)}/sdk-keys/rotate",
                 {"expireOldInSeconds": args.expire_old_in},
                 comment,
             )
@@ -238,7 +274,7 @@ def run(args: argparse.Namespace, client: Client) -> str | Any:
                 else "no tokens"
             )
         if args.action == "revoke":
-            client.call("DELETE", f"/api/v1/tokens/{args.id}")
+            client.call("DELETE", f"/api/v1/tokens/{_q(args.id)}")
             return {"revoked": args.id} if args.json else f"revoked token {args.id}"
 
     if cmd in ("flag", "segment"):
@@ -300,6 +336,13 @@ def run(args: argparse.Namespace, client: Client) -> str | Any:
         if args.action == "toggle":
             _, current = client.call("GET", _items_path(kind, args.env, args.key))
             target = (not current.get("on")) if args.state is None else args.state == "on"
+            if bool(current.get("on")) == target:  # nothing to change: no new version
+                if args.json:
+                    return current
+                return (
+                    f"flag {args.key} in {args.env} is already {args.state} "
+                    f"(version {current['version']})"
+                )
             headers = {**comment, "If-Match": str(current["version"])}
             status, body = client.call(
                 "PATCH", _items_path(kind, args.env, args.key), {"on": target}, headers
@@ -313,7 +356,9 @@ def run(args: argparse.Namespace, client: Client) -> str | Any:
             )
 
     if cmd == "audit":
-        _, body = client.call("GET", f"/api/v1/environments/{args.env}/audit?limit={args.limit}")
+        _, body = client.call(
+            "GET", f"/api/v1/environments/{_q(args.env)}/audit?limit={args.limit}"
+        )
         if args.json:
             return body
         rows = [
@@ -419,8 +464,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     url = args.url or os.environ.get("FLAGSTREAM_PUBLISHER_URL") or DEFAULT_URL
     token = args.token or os.environ.get("FLAGSTREAM_ADMIN_TOKEN")
-    client = Client(url, token)
     try:
+        client = Client(_validate_url(url), token)
         out = run(args, client)
     except CliError as exc:
         print(f"flagstream admin: {exc}", file=sys.stderr)

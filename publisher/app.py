@@ -148,6 +148,8 @@ async def _json_body(request: web.Request, *, optional: bool = False) -> Any:
         ) from exc
     except RecursionError as exc:
         raise ApiError(400, "malformed JSON: nested too deeply") from exc
+    except ValueError as exc:  # an integer beyond Python's digit limit (4300 by default)
+        raise ApiError(400, "malformed JSON: a number has too many digits") from exc
 
 
 def _kind(request: web.Request) -> ItemKind:
@@ -192,11 +194,16 @@ async def readyz(request: web.Request) -> web.Response:
         depth = await app[PUBLISHER].store.outbox_depth()
     except StoreUnavailable as exc:
         return _json({"status": "not ready", "redis": str(exc)}, 503)
+    if not forwarder.is_leader:
+        # Only the leader talks to Kafka; claiming "unreachable" here would be a false alarm.
+        kafka = "not the forwarder leader; kafka state unknown to this instance"
+    else:
+        kafka = "ok" if forwarder.kafka_ok else "unreachable"
     return _json(
         {
             "status": "ready",
             "redis": "ok",
-            "kafka": "ok" if forwarder.kafka_ok else "unknown or unreachable",
+            "kafka": kafka,
             "forwarderLeader": forwarder.is_leader,
             "outboxDepth": depth,
         }
@@ -250,10 +257,23 @@ def _if_match(request: web.Request) -> IfMatch:
     return parse_if_match(request.headers.get("If-Match"))
 
 
+_TRUE = frozenset({"1", "true", "yes"})
+_FALSE = frozenset({"0", "false", "no", ""})
+
+
+def _bool_query(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name, "false")
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ApiError(400, f"query parameter {name} must be true or false, not {raw[:40]!r}")
+
+
 async def list_items(request: web.Request) -> web.Response:
     env = request.match_info["env"]
     _principal(request, "read", env)
-    include = request.query.get("includeDeleted", "false").lower() in {"1", "true", "yes"}
+    include = _bool_query(request, "includeDeleted")
     items = await request.app[PUBLISHER].list_items(env, _kind(request), include_deleted=include)
     return _json({"items": items})
 

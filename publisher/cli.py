@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from publisher.app import build_app
 from publisher.config import PublisherSettings
-from publisher.log import KafkaRecordLog
+from publisher.log import KafkaRecordLog, TopicConfigError, check_topic_config
 from publisher.redis_store import RedisStore
 
 __all__ = ["main", "parse_settings"]
@@ -28,8 +28,18 @@ _FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--redis-prefix", "redis_prefix", str, "Redis key prefix (FLAGSTREAM_PUBLISHER_REDIS_PREFIX)"),
     ("--kafka-bootstrap", "kafka_bootstrap", str, "Kafka bootstrap (FLAGSTREAM_KAFKA_BOOTSTRAP)"),
     ("--topic", "topic", str, "state topic (FLAGSTREAM_TOPIC)"),
-    ("--topic-partitions", "topic_partitions", str, "partitions when creating the topic"),
-    ("--ack-timeout", "ack_timeout", str, "seconds to wait for Kafka before answering 202"),
+    (
+        "--topic-partitions",
+        "topic_partitions",
+        str,
+        "partitions when creating the topic (FLAGSTREAM_TOPIC_PARTITIONS)",
+    ),
+    (
+        "--ack-timeout",
+        "ack_timeout",
+        str,
+        "seconds to wait for Kafka before answering 202 (FLAGSTREAM_PUBLISHER_ACK_TIMEOUT)",
+    ),
     ("--log-level", "log_level", str, "DEBUG, INFO, WARNING or ERROR"),
 )
 
@@ -73,6 +83,8 @@ def parse_settings(argv: Sequence[str]) -> PublisherSettings | int:
         "Every option is also a FLAGSTREAM_* environment variable; flags win.",
     )
     for flag, field, typ, help_ in _FLAGS:
+        if "FLAGSTREAM_" not in help_:  # every flag names its environment variable
+            help_ = f"{help_} ({_env_name(field)})"
         parser.add_argument(flag, dest=field, type=typ, default=None, help=help_)
     args = parser.parse_args(list(argv))
     overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
@@ -94,6 +106,16 @@ def parse_settings(argv: Sequence[str]) -> PublisherSettings | int:
 
 
 async def _serve(settings: PublisherSettings) -> int:
+    try:
+        await check_topic_config(
+            settings.kafka_bootstrap,
+            settings.topic,
+            replication_factor=settings.topic_replication_factor,
+            timeout_ms=int(min(settings.kafka_request_timeout, 5.0) * 1000),
+        )
+    except TopicConfigError as exc:
+        print(f"flagstream publisher: {exc}", file=sys.stderr)
+        return 2
     store = RedisStore(
         settings.redis_url,
         prefix=settings.redis_prefix,

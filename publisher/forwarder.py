@@ -17,6 +17,12 @@ Rules:
   a version they already hold).
 - **Kafka down.** Sends fail or time out; the forwarder keeps retrying with exponential backoff
   (capped), never skipping, never reordering. Redis down: same, the lease is re-acquired after.
+- **A topic the log created is filled first.** When the record log (re)creates the topic (at
+  start, or after it was deleted at runtime), the store's whole state is appended to the
+  outbox (``publisher.republish``) before the next batch is read, so the new topic converges
+  to the store's state. Until that succeeded it is retried before any other step.
+- **Configuration errors** (``TopicConfigError``: e.g. more replicas than brokers) are logged
+  as errors naming the setting to change; retrying continues at the capped backoff.
 - **Waiting writers.** ``wait_delivered(entry_id)`` resolves when the entry left the outbox,
   by a local notification (this instance forwarded it) or by polling the store (another
   instance did).
@@ -30,8 +36,9 @@ import logging
 import time
 import uuid
 
-from publisher.log import RecordLog
+from publisher.log import RecordLog, TopicConfigError, TopicCreationAware
 from publisher.metrics import PublisherMetrics
+from publisher.republish import republish_state
 from publisher.store import OutboxEntry, Store, StoreUnavailable
 
 __all__ = ["Forwarder"]
@@ -75,6 +82,7 @@ class Forwarder:
         self._fence: int | None = None
         self._renewed_at = 0.0  # monotonic time of the last successful lease renewal
         self._log_started = False
+        self._republish_pending = False
         self.kafka_ok = False  # last Kafka operation succeeded (for /readyz detail)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -193,6 +201,10 @@ class Forwarder:
             except StoreUnavailable as exc:
                 self._metrics.store_errors.inc()
                 _log.warning("forwarder: %s; retrying in %.1fs", exc, backoff)
+            except TopicConfigError as exc:
+                self.kafka_ok = False
+                self._metrics.kafka_errors.inc()
+                _log.error("forwarder: configuration error: %s; retrying in %.1fs", exc, backoff)
             except Exception as exc:
                 self.kafka_ok = False
                 self._metrics.kafka_errors.inc()
@@ -234,6 +246,10 @@ class Forwarder:
                 self._stall_after,
             )
 
+    def _check_topic_created(self) -> None:
+        if isinstance(self._log, TopicCreationAware) and self._log.take_topic_created():
+            self._republish_pending = True
+
     async def _step(self) -> bool:
         """Forward one batch; True if it made progress. Raises on store or log failure."""
         fence = self._fence
@@ -241,9 +257,15 @@ class Forwarder:
             self._metrics.outbox_depth.set(await self._store.outbox_depth())
             return False
         if not self._log_started:
+            # The gauge must follow the outbox even while Kafka is unreachable.
+            self._metrics.outbox_depth.set(await self._store.outbox_depth())
             await self._log.start()
             self._log_started = True
             self.kafka_ok = True
+        self._check_topic_created()
+        if self._republish_pending:
+            await republish_state(self._store)
+            self._republish_pending = False
         self._kick.clear()
         entries = await self._store.outbox_read(self._batch)
         if not entries:
@@ -252,6 +274,7 @@ class Forwarder:
         if fence != self._fence or not self._lease_fresh():
             return False  # lost the lease while reading: the new leader sends these
         results = await self._send_all(entries)
+        self._check_topic_created()  # a failed send reconnects, which may create the topic
         acked: list[OutboxEntry] = []
         failure: BaseException | None = None
         for entry, result in zip(entries, results, strict=True):

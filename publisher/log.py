@@ -17,22 +17,50 @@ Guarantees a ``RecordLog`` gives the forwarder:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError
 
 from protocol.keys import partition_for
+from publisher.logfilter import install_rate_limit
 
-__all__ = ["KafkaRecordLog", "RecordLog", "ensure_topic"]
+__all__ = [
+    "KafkaRecordLog",
+    "RecordLog",
+    "TopicConfigError",
+    "TopicCreationAware",
+    "check_topic_config",
+    "ensure_topic",
+]
 
 _log = logging.getLogger("flagstream.publisher.log")
 
 _TOPIC_ALREADY_EXISTS = 36
+# CreateTopics errors that retrying cannot fix: the request itself is wrong for this cluster.
+_CONFIG_ERRORS = {
+    37: "INVALID_PARTITIONS",
+    38: "INVALID_REPLICATION_FACTOR",
+    39: "INVALID_REPLICA_ASSIGNMENT",
+    40: "INVALID_CONFIG",
+    17: "INVALID_TOPIC_EXCEPTION",
+}
 _RECONNECT_COOLDOWN = 1.0  # seconds
+# While the topic is missing, aiokafka refreshes metadata every ``retry_backoff_ms`` and logs
+# an ERROR each time: back off more than its 100 ms default, and rate-limit that logger.
+_RETRY_BACKOFF_MS = 500
+
+
+class TopicConfigError(RuntimeError):
+    """The topic cannot be created as configured (e.g. more replicas than brokers).
+
+    A configuration error, not an outage: retrying does not help, the operator must change a
+    setting (the message names it).
+    """
 
 
 class RecordLog(Protocol):
@@ -49,6 +77,18 @@ class RecordLog(Protocol):
 
     async def send(self, partition_env: str, key: bytes, value: bytes) -> None:
         """Append one record to ``partition_env``'s partition; return once durably acknowledged."""
+
+
+@runtime_checkable
+class TopicCreationAware(Protocol):
+    """A ``RecordLog`` that creates its topic when missing and says when it did.
+
+    A topic created while records already exist in the store (deleted at runtime, or a new
+    cluster) is empty: the forwarder then republishes the store's whole state into it.
+    """
+
+    def take_topic_created(self) -> bool:
+        """True once after each creation of the topic by this log (then False until the next)."""
 
 
 async def ensure_topic(
@@ -81,12 +121,56 @@ async def ensure_topic(
         )
         for entry in getattr(response, "topic_errors", []):
             code = entry[1]
-            if code not in (0, _TOPIC_ALREADY_EXISTS):
-                raise RuntimeError(f"cannot create topic {topic!r}: Kafka error code {code}")
+            if code in (0, _TOPIC_ALREADY_EXISTS):
+                continue
+            if code == 38:
+                brokers = len((await admin.describe_cluster()).get("brokers", []))
+                raise _replication_error(topic, replication_factor, brokers)
+            if code in _CONFIG_ERRORS:
+                message = entry[2] if len(entry) > 2 and entry[2] else ""
+                raise TopicConfigError(
+                    f"cannot create topic {topic!r}: {_CONFIG_ERRORS[code]} (Kafka error code "
+                    f"{code}){': ' + message if message else ''}; check FLAGSTREAM_TOPIC, "
+                    "FLAGSTREAM_TOPIC_PARTITIONS and FLAGSTREAM_PUBLISHER_TOPIC_REPLICATION_FACTOR"
+                )
+            raise RuntimeError(f"cannot create topic {topic!r}: Kafka error code {code}")
         _log.info("created topic %s with %d partitions (compacted)", topic, partitions)
         return True
     finally:
         await admin.close()
+
+
+def _replication_error(topic: str, replication_factor: int, brokers: int) -> TopicConfigError:
+    return TopicConfigError(
+        f"cannot create topic {topic!r}: INVALID_REPLICATION_FACTOR (Kafka error code 38): "
+        f"replication factor {replication_factor} but the cluster has {brokers} broker(s); set "
+        f"FLAGSTREAM_PUBLISHER_TOPIC_REPLICATION_FACTOR to at most {brokers} (or create the "
+        "topic yourself)"
+    )
+
+
+async def check_topic_config(
+    bootstrap: str, topic: str, *, replication_factor: int, timeout_ms: int = 5_000
+) -> None:
+    """Raise ``TopicConfigError`` if ``topic`` is missing and cannot be created as configured.
+
+    A start-up check (the forwarder creates the topic later): only configuration errors are
+    raised; if Kafka cannot be reached this returns, as the publisher must start anyway.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    try:
+        await asyncio.wait_for(admin.start(), timeout_ms / 1000)
+        if topic in await admin.list_topics():
+            return
+        brokers = len((await admin.describe_cluster()).get("brokers", []))
+    except Exception:  # unreachable or slow: not a configuration error, checked again later
+        _log.debug("topic check skipped: Kafka unreachable", exc_info=True)
+        return
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+    if brokers and replication_factor > brokers:
+        raise _replication_error(topic, replication_factor, brokers)
 
 
 class KafkaRecordLog:
@@ -119,6 +203,8 @@ class KafkaRecordLog:
         self._broken = False
         self._restart_failed_at = -_RECONNECT_COOLDOWN
         self._partitions: int | None = None
+        self._topic_created = False
+        install_rate_limit("aiokafka.cluster")
         # FIFO: asyncio.Lock wakes waiters in arrival order, so enqueue order = call order.
         self._enqueue = asyncio.Lock()
 
@@ -130,16 +216,22 @@ class KafkaRecordLog:
             request_timeout_ms=self._request_timeout_ms,
             max_request_size=self._max_request_size,
             linger_ms=self._linger_ms,
+            retry_backoff_ms=_RETRY_BACKOFF_MS,
         )
 
+    def take_topic_created(self) -> bool:
+        created, self._topic_created = self._topic_created, False
+        return created
+
     async def start(self) -> None:
-        await ensure_topic(
+        if await ensure_topic(
             self.bootstrap,
             self.topic,
             partitions=self._create_partitions,
             replication_factor=self._replication_factor,
             timeout_ms=self._request_timeout_ms,
-        )
+        ):
+            self._topic_created = True
         producer = self._new_producer()
         try:
             await producer.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from protocol.environment import EnvironmentRecord
 from publisher.store import (
@@ -136,6 +137,15 @@ class MemoryStore:
 
     async def outbox_depth(self) -> int:
         return len(self._outbox)
+
+    async def outbox_append(self, records: Sequence[KafkaRecord], *, now_ms: int) -> list[str]:
+        ids = []
+        for record in records:
+            self._outbox_seq += 1
+            entry_id = f"{now_ms}-{self._outbox_seq}"
+            self._outbox[entry_id] = OutboxEntry(entry_id, record, now_ms)
+            ids.append(entry_id)
+        return ids
 
     async def outbox_contains(self, entry_id: str) -> bool:
         return entry_id in self._outbox

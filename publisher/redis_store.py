@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar, cast
 
 import redis.asyncio as aioredis
@@ -364,6 +364,19 @@ class RedisStore:
     @_unavailable
     async def outbox_depth(self) -> int:
         return int(await self._r.xlen(self._k("outbox")))
+
+    @_unavailable
+    async def outbox_append(self, records: Sequence[KafkaRecord], *, now_ms: int) -> list[str]:
+        if not records:
+            return []
+        async with self._r.pipeline(transaction=True) as pipe:  # MULTI/EXEC: all or nothing
+            for record in records:
+                pipe.xadd(
+                    self._k("outbox"),
+                    {"env": record.env, "k": record.key, "v": record.value, "t": now_ms},
+                )
+            ids = await pipe.execute()
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
     @_unavailable
     async def outbox_contains(self, entry_id: str) -> bool:

@@ -22,6 +22,7 @@ Rules every implementation (Redis: ``redis_store``, in-memory: ``memory_store``)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -170,6 +171,13 @@ class Store(Protocol):
         """Remove entries if ``owner`` still holds the lease with ``fence``; return how many."""
 
     async def outbox_depth(self) -> int: ...
+
+    async def outbox_append(self, records: Sequence[KafkaRecord], *, now_ms: int) -> list[str]:
+        """Append ``records`` to the outbox in order, atomically, changing no state; their ids.
+
+        For republishing the current state into a recreated topic: the entries go after every
+        entry already there, so they are forwarded after them (see ``publisher.republish``).
+        """
 
     async def outbox_contains(self, entry_id: str) -> bool:
         """True while the entry has not been acknowledged by Kafka and removed."""

@@ -27,10 +27,15 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable, Mapping
+from http import HTTPStatus
 from importlib import metadata
 from typing import Any, Literal
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from protocol.position import parse_position
 from relay.config import RelaySettings
@@ -54,11 +59,16 @@ except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare 
 
 
 def problem(
-    status: int, title: str, detail: str, *, retry_after: int | None = None
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    retry_after: int | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> web.Response:
     """An RFC 9457 problem+json response (never carries a secret)."""
     body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail})
-    headers = {"Cache-Control": "no-store"}
+    headers = {"Cache-Control": "no-store", **(headers or {})}
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
     return web.Response(
@@ -67,6 +77,72 @@ def problem(
         content_type="application/problem+json",
         headers=headers,
     )
+
+
+# --- errors outside the handlers --------------------------------------------------------
+
+_ROUTING_DETAILS = {
+    404: "no such endpoint on this relay (streams: /all, /flags; polling: /sdk/latest-all)",
+    405: "method not allowed here",
+}
+
+
+@web.middleware
+async def problem_errors(
+    request: web.Request,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> web.StreamResponse:
+    """aiohttp's own HTTP errors (404 no route, 405 wrong method, ...) as problem+json."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        detail = _ROUTING_DETAILS.get(exc.status, exc.reason)
+        if exc.status == 405 and "Allow" in exc.headers:
+            detail = f"{detail}; allowed: {exc.headers['Allow']}"
+        kept = {k: exc.headers[k] for k in ("Allow", "Retry-After") if k in exc.headers}
+        return problem(exc.status, exc.reason, detail, headers=kept)
+
+
+# aiohttp answers requests its parser rejects (request line or header over the limit, bad
+# syntax) itself, before any middleware: with a text/plain 400 whose body quotes the
+# offending line (which may hold a secret, e.g. an Authorization header), and it logs the
+# parser's exception with a traceback at ERROR. Connections of a relay app (recognised by
+# the logger ``build_app`` passes to aiohttp) get a problem+json answer naming no value, and
+# one DEBUG line instead. Everything else keeps aiohttp's behaviour.
+HTTP_LOG = logging.getLogger("flagstream.relay.http")
+_aiohttp_handle_error = RequestHandler.handle_error
+
+
+def _relay_handle_error(
+    self: RequestHandler,
+    request: BaseRequest,
+    status: int = 500,
+    exc: BaseException | None = None,
+    message: str | None = None,
+) -> web.StreamResponse:
+    if self.logger is not HTTP_LOG or not isinstance(exc, HttpProcessingError):
+        return _aiohttp_handle_error(self, request, status, exc, message)
+    reason = type(exc).__name__
+    HTTP_LOG.debug("rejected a malformed HTTP request from %s (%s)", request.remote, reason)
+    if request.writer.output_size > 0:
+        raise ConnectionError("response already started; cannot send the error")
+    if isinstance(exc, LineTooLong):
+        detail = "the request line or a header is longer than this relay accepts"
+    else:
+        detail = "malformed HTTP request"
+    code = status if 400 <= status < 500 else 400
+    try:
+        title = HTTPStatus(code).phrase
+    except ValueError:
+        title = "Bad Request"
+    response = problem(code, title, detail)
+    response.force_close()
+    return response
+
+
+RequestHandler.handle_error = _relay_handle_error  # type: ignore[method-assign]
 
 
 class RelayHandlers:
@@ -307,10 +383,12 @@ def build_app(
     handlers = RelayHandlers(settings, state, follower, hub, metrics)
 
     app = web.Application(
+        middlewares=[problem_errors],
         handler_args={
             "max_line_size": settings.max_request_line,
             "max_field_size": settings.max_header_size,
-        }
+            "logger": HTTP_LOG,  # marks the relay's connections, see _relay_handle_error
+        },
     )
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = metrics

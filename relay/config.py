@@ -18,6 +18,8 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
+# A DNS name or IPv4 address, or an IPv6 address in brackets.
+_BOOTSTRAP_HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.%]+\]")
 
 
 class RelaySettings(BaseSettings):
@@ -99,8 +101,17 @@ class RelaySettings(BaseSettings):
     @classmethod
     def _bootstrap_hosts(cls, value: str) -> str:
         hosts = [h.strip() for h in value.split(",") if h.strip()]
-        if not hosts or any(":" not in h for h in hosts):
+        if not hosts:
             raise ValueError("expected host:port[,host:port...], e.g. 127.0.0.1:19092")
+        for entry in hosts:
+            # ``host:port`` or ``[v6]:port``; a URL (``http://x:y``) is not a bootstrap server.
+            host, sep, port = entry.rpartition(":")
+            valid_host = _BOOTSTRAP_HOST.fullmatch(host) is not None
+            if not sep or not valid_host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(
+                    f"{entry!r} is not host:port (expected host:port[,host:port...], "
+                    "e.g. 127.0.0.1:19092)"
+                )
         return ",".join(hosts)
 
     @field_validator("topic")

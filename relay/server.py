@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("flagstream.relay.server")
 
-__all__ = ["listen_socket", "raise_fd_limit", "run_worker", "serve"]
+__all__ = ["listen_socket", "port_in_use", "raise_fd_limit", "run_worker", "serve"]
 
 WORKER_HEADER = "X-Flagstream-Worker"
 # A worker that exits with an error sooner than this after its start is not restarted.
@@ -59,6 +60,15 @@ _IDLE_CONNECTION_SECONDS = 75.0
 def serve(settings: RelaySettings) -> int:
     """Run the relay until it is told to stop; return the process exit code."""
     raise_fd_limit()
+    if settings.port != 0:
+        problem = port_in_use(settings.host, settings.port)
+        if problem is not None:
+            print(
+                f"flagstream relay: cannot listen on {settings.host}:{settings.port}: "
+                f"{problem} (choose another --port or stop the other process)",
+                file=sys.stderr,
+            )
+            return 2
     if settings.workers <= 1:
         return run_worker(settings, index=0)
     return _Supervisor(settings).run()
@@ -87,6 +97,27 @@ def listen_socket(host: str, port: int) -> socket.socket:
         raise
     sock.setblocking(False)
     return sock
+
+
+def port_in_use(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be ours, or None if it is free.
+
+    Workers bind with SO_REUSEPORT, which would let a second relay started on the port of a
+    running one (same user) share it silently: the kernel would split new connections
+    between two unrelated relays. A probe bound *without* SO_REUSEPORT fails with EADDRINUSE
+    while anyone listens there, so the relay refuses to start instead. (SO_REUSEADDR only
+    ignores connections in TIME_WAIT, left over by a relay that just stopped.)
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"port {port} is in use"
+            return str(exc.strerror or exc)
+    return None
 
 
 # --- one worker ---------------------------------------------------------------------------

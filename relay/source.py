@@ -45,11 +45,62 @@ __all__ = [
     "SourceLayout",
     "SourceRecord",
     "SourceUnavailable",
+    "TopicMissing",
 ]
 
 
 class SourceUnavailable(Exception):
     """The log cannot be read right now (broker down, topic missing). Retry later."""
+
+
+class TopicMissing(SourceUnavailable):
+    """The broker answers but has no such topic (not created yet, or deleted)."""
+
+
+class RateLimitFilter(logging.Filter):
+    """Lets each distinct record through at most once per ``interval`` seconds.
+
+    The next one let through after a quiet period says how many were suppressed. Installed
+    on ``aiokafka.cluster``: while an assigned topic is missing, aiokafka's fetcher refreshes
+    the metadata in a tight loop and logs ``Topic X not found in cluster metadata`` at ERROR
+    thousands of times a second.
+    """
+
+    def __init__(self, interval: float = 10.0, max_keys: int = 1000) -> None:
+        super().__init__()
+        self.interval = interval
+        self.max_keys = max_keys
+        self._seen: dict[tuple[int, str], list[float]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        key = (record.levelno, message)
+        now = time.monotonic()
+        entry = self._seen.get(key)
+        if entry is not None and now - entry[0] < self.interval:
+            entry[1] += 1
+            return False
+        suppressed = int(entry[1]) if entry is not None else 0
+        if entry is None and len(self._seen) >= self.max_keys:
+            self._seen.clear()
+        self._seen[key] = [now, 0]
+        if suppressed:
+            record.msg = f"{message} ({suppressed} more like this in the last {self.interval:g}s)"
+            record.args = None
+        return True
+
+
+_KAFKA_LOG_FILTER = RateLimitFilter(10.0)
+
+
+def quiet_kafka_logs() -> None:
+    """Rate-limit aiokafka's metadata error lines (idempotent)."""
+    cluster_log = logging.getLogger("aiokafka.cluster")
+    if _KAFKA_LOG_FILTER not in cluster_log.filters:
+        cluster_log.addFilter(_KAFKA_LOG_FILTER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +183,7 @@ class KafkaSource:
         self._tps: list[Any] = []
         self._layout: SourceLayout | None = None
         self._fallback = False
+        quiet_kafka_logs()
 
     async def start(self, from_offsets: Mapping[int, int]) -> SourceLayout:
         from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -156,7 +208,7 @@ class KafkaSource:
             # The consumer's own metadata only tracks assigned topics: ask for all of them.
             cluster = await consumer._client.fetch_all_metadata()
             if self.topic not in cluster.topics():
-                raise SourceUnavailable(f"topic {self.topic!r} does not exist (yet)")
+                raise TopicMissing(f"topic {self.topic!r} does not exist (yet)")
             parts = cluster.partitions_for_topic(self.topic)
             if not parts:
                 raise SourceUnavailable(f"topic {self.topic!r} has no partitions yet")
@@ -183,9 +235,14 @@ class KafkaSource:
         except SourceUnavailable:
             await _quiet_stop(consumer)
             raise
-        except (TimeoutError, KafkaError, OSError) as exc:
+        except (TimeoutError, KafkaError, OSError, ValueError) as exc:
+            # ValueError: aiokafka could not parse a bootstrap address.
             await _quiet_stop(consumer)
             raise SourceUnavailable(f"Kafka unavailable: {type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            # Cancelled (shutdown) or anything unexpected: never leave an unclosed consumer.
+            await _quiet_stop(consumer)
+            raise
         self._consumer = consumer
         self._layout = SourceLayout(topic_id=topic_id, partitions=len(self._tps))
         return self._layout
@@ -398,7 +455,7 @@ async def _describe_topic(client: Any, topic: str) -> tuple[str, int] | None:
         if name != topic:
             continue
         if error == 3:  # UNKNOWN_TOPIC_OR_PARTITION
-            raise SourceUnavailable(f"topic {topic!r} does not exist (yet)")
+            raise TopicMissing(f"topic {topic!r} does not exist (yet)")
         if error != 0:
             raise SourceUnavailable(f"metadata error {error} for topic {topic!r}")
         if raw_id == bytes(16):
@@ -442,6 +499,7 @@ class Follower:
         self._task: asyncio.Task[None] | None = None
         self.last_error: str | None = None
         self._reported_error: str | None = None
+        self._session_reached = False
         self.connected = False
         # Evaluated at scrape time, so the gauge is right even while a fetch is hanging.
         metrics.stale.set_function(lambda: 1.0 if self.stale else 0.0)
@@ -463,7 +521,11 @@ class Follower:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
+            # Cancel until it is really done: a cancellation can be lost inside library code
+            # (asyncio.wait_for on 3.11), and one lost cancel must not hang shutdown.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.source.stop()
@@ -492,13 +554,18 @@ class Follower:
             self.last_error = self._reported_error = error
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self.source.stop()
+            # Reset the backoff once a session reached the source, else grow it: a missing
+            # topic or an unreachable broker is retried ever more slowly, up to backoff_max.
+            if self._session_reached:
+                backoff = 0.1
             await asyncio.sleep(backoff)
-            # Reset the backoff once a session got data, else grow it.
-            backoff = 0.1 if not self.stale else min(self.backoff_max, backoff * 2)
+            if not self._session_reached:
+                backoff = min(self.backoff_max, backoff * 2)
 
     async def _session(self) -> None:
         """One connected period: start, bootstrap/tail until the source looks dead."""
         self.metrics.source_reconnects_total.inc()
+        self._session_reached = False
         from_offsets = dict(self.state.next_offsets) if self.state.epoch is not None else {}
         layout = await self.source.start(from_offsets)
         if not self.state.set_layout(layout.epoch, layout.partitions):
@@ -507,6 +574,7 @@ class Follower:
             layout = await self.source.start({})
         hw = await self.source.high_watermarks()
         self.state.set_bootstrap_targets(hw)
+        self._session_reached = True
         self.connected = True
         self._contact()
         self._reported_error = None
@@ -527,13 +595,18 @@ class Follower:
                 next_probe = now + self.probe_interval
                 try:
                     probe_timeout = max(1.0, self.stale_after / 2)
-                    hw = await asyncio.wait_for(self.source.high_watermarks(), probe_timeout)
+                    # Identity first: a deleted topic makes the offsets request hang (and
+                    # the Kafka client spin on metadata), so notice it before that.
                     describe = getattr(self.source, "layout", None)
-                    current = (
-                        await asyncio.wait_for(describe(), probe_timeout)
-                        if describe is not None
-                        else layout
-                    )
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+                    # cancellation that lands as the awaited call finishes, and stop() hangs.
+                    async with asyncio.timeout(probe_timeout):
+                        current = await describe() if describe is not None else layout
+                    async with asyncio.timeout(probe_timeout):
+                        hw = await self.source.high_watermarks()
+                except TopicMissing:
+                    # Deleted under our feet: let go of it now; restarts wait with backoff.
+                    raise
                 except (SourceUnavailable, TimeoutError) as exc:
                     self.connected = False
                     self.last_error = f"{type(exc).__name__}: {exc}"

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from publisher_support import ADMIN, ApiFactory
 
 from flagstream.stack.process import free_port
@@ -118,3 +120,82 @@ async def test_admin_cli_usage_errors(
     monkeypatch.delenv("FLAGSTREAM_ADMIN_TOKEN", raising=False)
     code = await asyncio.to_thread(main, ["--url", "http://127.0.0.1:1", "env", "list"])
     assert code == 2 and "FLAGSTREAM_ADMIN_TOKEN" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "url", ["not-a-url", "http://[::1", "ftp://127.0.0.1:8031", "http://127.0.0.1:99999", "http://"]
+)
+async def test_admin_cli_invalid_url_is_one_line_exit_2(
+    capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    code, _, err = await admin(capsys, url, "env", "list")
+    assert code == 2, err
+    assert err.count("\n") == 1 and "invalid publisher URL" in err and "Traceback" not in err
+
+
+async def test_admin_cli_quotes_path_segments_and_reports_errors_in_one_line(
+    make_api: ApiFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api = await make_api(MemoryStore())
+    url = str(api.client.make_url("")).rstrip("/")
+    assert (await admin(capsys, url, "env", "create", "qa1"))[0] == 0
+    # each would have been a traceback (InvalidURL) or hit another route (a?b -> a)
+    for key in ("a?b", "a b", "a\x01b", "../x", "a/b"):
+        code, _, err = await admin(capsys, url, "flag", "get", "qa1", key)
+        assert code == 1, (key, err)
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert "400" in err or "404" in err
+    code, _, err = await admin(capsys, url, "flag", "get", "qa1", "a?b")
+    assert "/flags/a%3Fb" in err
+    segment = tmp_path / "s1.json"
+    segment.write_text('{"key": "s1"}')
+    code, _, err = await admin(
+        capsys, url, "segment", "put", "qa1", str(segment), "--comment", "x\ny"
+    )
+    assert code == 2 and err.count("\n") == 1 and "Invalid header value" in err
+
+
+async def test_admin_cli_error_without_problem_body_shows_reason_and_excerpt(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async def plain(request: web.Request) -> web.Response:
+        return web.Response(status=404, text="<html>no such\n page</html>")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", plain)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        url = str(server.make_url("")).rstrip("/")
+        code, _, err = await admin(capsys, url, "env", "list")
+    finally:
+        await server.close()
+    assert code == 1
+    assert "404 Not Found: <html>no such page</html>" in err
+
+
+async def test_admin_cli_toggle_to_the_current_state_writes_nothing(
+    make_api: ApiFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api = await make_api(MemoryStore())
+    url = str(api.client.make_url("")).rstrip("/")
+    assert (await admin(capsys, url, "env", "create", "qa1"))[0] == 0
+    flag_file = tmp_path / "f1.json"
+    flag_file.write_text(
+        json.dumps(
+            {
+                "key": "f1",
+                "on": False,
+                "variations": [True, False],
+                "offVariation": 1,
+                "fallthrough": {"variation": 0},
+            }
+        )
+    )
+    assert (await admin(capsys, url, "flag", "put", "qa1", str(flag_file)))[0] == 0
+    code, out, _ = await admin(capsys, url, "flag", "toggle", "qa1", "f1", "off")
+    assert code == 0 and out.strip() == "flag f1 in qa1 is already off (version 1)"
+    status, body, _ = await api.call("GET", "/api/v1/environments/qa1/flags/f1")
+    assert status == 200 and body["version"] == 1  # no write, no fan-out
+    code, out, _ = await admin(capsys, url, "flag", "toggle", "qa1", "f1", "on")
+    assert code == 0 and out.strip() == "flag f1 in qa1 is now on (version 2)"

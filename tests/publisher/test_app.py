@@ -206,6 +206,8 @@ BIG = 2 * 1024 * 1024
     ("method", "path", "raw", "expected", "fragment"),
     [
         ("PUT", "flags/f1", b'{"key": "f1", "on": tru', 400, "malformed JSON"),
+        ("PUT", "flags/f1", b'{"key": "f1", "salt": ' + b"9" * 5000 + b"}", 400, "too many digits"),
+        ("PATCH", "flags/f1", b'{"x": ' + b"1" * 5000 + b"}", 400, "malformed JSON"),
         ("PUT", "flags/f1", b"\xff\xfe", 400, ""),
         ("PUT", "flags/f1", b"[1, 2]", 400, "JSON object"),
         ("PUT", "flags/f1", b"", 400, "empty"),
@@ -241,6 +243,16 @@ async def test_bad_input_is_rejected_and_changes_nothing(
     assert headers["Content-Type"].startswith("application/problem+json")
     assert_problem(status, body, expected, fragment)
     assert await snapshot(api) == before
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", "truee"])
+async def test_include_deleted_must_be_a_boolean(api: Api, value: str) -> None:
+    await create_env(api)
+    status, body, _ = await api.call("GET", f"{ENV}/prod/flags?includeDeleted={value}")
+    assert_problem(status, body, 400, "includeDeleted must be true or false")
+    for ok in ("true", "false", "1", "0", "yes", "no", ""):
+        status, _, _ = await api.call("GET", f"{ENV}/prod/flags?includeDeleted={ok}")
+        assert status == 200, ok
 
 
 async def test_unknown_environment_and_route(api: Api) -> None:

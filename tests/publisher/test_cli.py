@@ -146,3 +146,36 @@ async def test_publisher_process_serves_and_stops_on_sigterm(
     assert proc.returncode == 0, out
     assert "publisher listening on" in out
     assert TOKEN not in out and "sdk-" not in out and "Traceback" not in out
+
+
+@pytest.mark.integration
+def test_impossible_replication_factor_exits_2_at_start(
+    clean_env: pytest.MonkeyPatch,
+    kafka_bootstrap: str,
+    unique_name: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    clean_env.setenv("FLAGSTREAM_ADMIN_TOKEN", TOKEN)
+    clean_env.setenv("FLAGSTREAM_PUBLISHER_TOPIC_REPLICATION_FACTOR", "3")
+    argv = ["--kafka-bootstrap", kafka_bootstrap, "--topic", f"{unique_name}.state"]
+    assert main([*argv, "--port", str(free_port())]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "INVALID_REPLICATION_FACTOR" in err
+    assert "FLAGSTREAM_PUBLISHER_TOPIC_REPLICATION_FACTOR to at most 1" in err
+
+
+@pytest.mark.unit
+def test_help_names_the_environment_variable_of_every_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_settings(["--help"])
+    assert exited.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for name in (
+        "FLAGSTREAM_TOPIC_PARTITIONS",
+        "FLAGSTREAM_PUBLISHER_ACK_TIMEOUT",
+        "FLAGSTREAM_PUBLISHER_LOG_LEVEL",
+    ):
+        assert f"({name})" in out

@@ -154,3 +154,41 @@ async def test_publisher_started_while_kafka_is_down_delivers_when_it_comes_up(
     records = await read_topic(private_kafka.bootstrap, topic, "prod", expect=4)
     assert [(r.kind, r.version) for r in records][:1] == [("env", 1)]
     assert first_occurrences([r.version for r in records if r.kind == "flag"]) == [1, 2, 3]
+
+
+async def test_outbox_depth_metric_follows_the_outbox_while_kafka_is_unreachable_at_start(
+    redis_store: RedisStore, make_api: ApiFactory, unique_name: str
+) -> None:
+    unreachable = "127.0.0.1:1"
+    log = KafkaRecordLog(unreachable, f"{unique_name}.state", request_timeout_ms=1000)
+    api = await make_api(redis_store, log, kafka_bootstrap=unreachable, ack_timeout=0.5)
+    assert (await api.call("POST", ENV, {"key": "prod"}))[0] == 202
+    assert (await api.call("PUT", f"{ENV}/prod/flags/f1", FLAG))[0] == 202
+    status, body, _ = await api.call("GET", "/readyz", token=None)
+    assert status == 200 and body["outboxDepth"] == 2 and body["kafka"] == "unreachable"
+    for _ in range(100):  # the forwarder retries with backoff; the gauge follows each attempt
+        if await metric(api, "flagstream_publisher_outbox_depth") == 2:
+            break
+        await asyncio.sleep(0.1)
+    assert await metric(api, "flagstream_publisher_outbox_depth") == 2
+
+
+async def test_readyz_of_a_follower_does_not_claim_kafka_is_unreachable(
+    make_api: ApiFactory, redis_url: str, unique_name: str
+) -> None:
+    stores = [RedisStore(redis_url, prefix=f"{unique_name}:") for _ in range(2)]
+    try:
+        a = await make_api(stores[0])
+        b = await make_api(stores[1])
+        assert (await a.call("POST", ENV, {"key": "prod"}))[0] == 201
+        follower = b if a.app[FORWARDER].is_leader else a
+        leader = a if follower is b else b
+        _, body, _ = await follower.call("GET", "/readyz", token=None)
+        assert body["forwarderLeader"] is False
+        assert body["kafka"] == "not the forwarder leader; kafka state unknown to this instance"
+        _, body, _ = await leader.call("GET", "/readyz", token=None)
+        assert body["forwarderLeader"] is True and body["kafka"] == "ok"
+    finally:
+        await stores[0].delete_all()
+        for s in stores:
+            await s.close()

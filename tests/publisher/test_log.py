@@ -10,7 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from protocol.keys import partition_for
-from publisher.log import KafkaRecordLog, ensure_topic
+from publisher.log import KafkaRecordLog, TopicConfigError, check_topic_config, ensure_topic
 
 pytestmark = pytest.mark.integration
 
@@ -76,3 +76,18 @@ async def test_concurrent_sends_keep_order_in_the_environment_partition(
             assert values == list(range(n, 300, 3)), env
     finally:
         await consumer.stop()
+
+
+async def test_impossible_replication_factor_is_a_named_configuration_error(
+    kafka_bootstrap: str, topic: str
+) -> None:
+    with pytest.raises(TopicConfigError) as caught:
+        await ensure_topic(kafka_bootstrap, topic, partitions=1, replication_factor=3)
+    message = str(caught.value)
+    assert "INVALID_REPLICATION_FACTOR" in message
+    assert "FLAGSTREAM_PUBLISHER_TOPIC_REPLICATION_FACTOR" in message
+    assert "1 broker(s)" in message and "at most 1" in message
+    with pytest.raises(TopicConfigError, match="INVALID_REPLICATION_FACTOR"):
+        await check_topic_config(kafka_bootstrap, topic, replication_factor=3)
+    await check_topic_config(kafka_bootstrap, topic, replication_factor=1)  # fine
+    await check_topic_config("127.0.0.1:1", topic, replication_factor=3, timeout_ms=500)

@@ -119,15 +119,6 @@ async def test_reconnect_to_another_relay_gets_exactly_the_missed_changes(
 async def test_client_ahead_of_the_relay_is_held_until_it_caught_up(
     backend: Backend, producer: RecordWriter, session: aiohttp.ClientSession
 ) -> None:
-    import sys as _sys
-
-    async def _dog() -> None:
-        await asyncio.sleep(45)
-        for t in asyncio.all_tasks():
-            print("TASK", t, file=_sys.stderr)
-            t.print_stack(file=_sys.stderr)
-
-    _w = asyncio.ensure_future(_dog())
     settings = backend.settings(catchup_wait=30.0)
     gated = GatedSource(backend.source())
     async with run_relay(settings, backend.source()) as a, run_relay(settings, gated) as b:

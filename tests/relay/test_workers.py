@@ -7,13 +7,22 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import aiohttp
 import pytest
 from relay_support import flag, item_envelope
 from test_hub import events_of
-from test_server import ENV, RelayProcess, open_stream, relay_process, seeded, wait_ready
+from test_server import (
+    ENV,
+    RELAY_COMMAND,
+    RelayProcess,
+    open_stream,
+    relay_process,
+    seeded,
+    wait_ready,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -120,5 +129,56 @@ async def test_a_dead_worker_is_replaced_on_the_same_port(
             stream = await open_stream(relay)
             assert (await stream.until(lambda i: len(events_of(i)) >= 1, 10))[0]
             stream.close()
+            relay.proc.send_signal(signal.SIGTERM)
+            assert relay.wait(20) == 0, relay.log()
+
+
+def run_second_relay(port: int, topic: str, workers: int, within: float = 30.0) -> tuple[int, str]:
+    """Start another relay on ``port``; its exit code and output (killed if still running)."""
+    env = dict(
+        os.environ,
+        FLAGSTREAM_RELAY_HOST="127.0.0.1",
+        FLAGSTREAM_RELAY_PORT=str(port),
+        FLAGSTREAM_RELAY_WORKERS=str(workers),
+        FLAGSTREAM_TOPIC=topic,
+    )
+    proc = subprocess.Popen(
+        RELAY_COMMAND,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=within)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        return -1, out.decode(errors="replace")
+    return proc.returncode, out.decode(errors="replace")
+
+
+async def test_a_second_relay_on_a_live_relays_port_exits_2(
+    tmp_path: Path, kafka_bootstrap: str, unique_name: str
+) -> None:
+    """Workers bind with SO_REUSEPORT; a second, unrelated relay must not silently share the
+    port (the kernel would split new connections between the two)."""
+    async with seeded(kafka_bootstrap, unique_name):
+        with relay_process(
+            tmp_path, kafka_bootstrap, unique_name, workers=2, port=0, drain_window=1
+        ) as relay:
+            port = relay.learn_port()
+            await wait_ready(relay)
+            for workers in (1, 2):
+                code, output = await asyncio.to_thread(
+                    run_second_relay, port, unique_name + ".other", workers
+                )
+                assert code == 2, output
+                assert f"port {port} is in use" in output, output
+                assert "listening" not in output and "Traceback" not in output, output
+                assert len(output.strip().splitlines()) == 1, output
+            # The first relay is untouched and still the only one answering.
+            pids = await worker_pids(relay, 2)
+            assert len(pids) == 2
             relay.proc.send_signal(signal.SIGTERM)
             assert relay.wait(20) == 0, relay.log()
