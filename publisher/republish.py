@@ -96,10 +96,13 @@ async def _queued(store: Store) -> dict[_Ident, int]:
 async def republish_state(store: Store) -> int:
     """Append the store's current state to the outbox (see the module rules); records queued."""
     now_ms = int(time.time() * 1000)
+    # State first, then the outbox: a write committed in between is then either not in the
+    # state read, or already seen queued (no needless copy of a key created meanwhile).
+    state = await _state(store, now_ms)
     queued = await _queued(store)
     appended: dict[_Ident, int] = {}
     batch: list[KafkaRecord] = []
-    for ident, version, record in await _state(store, now_ms):
+    for ident, version, record in state:
         if queued.get(ident) == version:
             continue  # the outbox already ends this key with its current version
         appended[ident] = version

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -192,3 +193,24 @@ async def test_readyz_of_a_follower_does_not_claim_kafka_is_unreachable(
         await stores[0].delete_all()
         for s in stores:
             await s.close()
+
+
+async def test_impossible_replication_factor_at_runtime_is_logged_as_a_configuration_error(
+    kafka_bootstrap: str,
+    redis_store: RedisStore,
+    make_api: ApiFactory,
+    unique_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="flagstream.publisher.forwarder")
+    log = KafkaRecordLog(kafka_bootstrap, f"{unique_name}.state", replication_factor=3)
+    api = await make_api(redis_store, log, ack_timeout=0.5)
+    assert (await api.call("POST", ENV, {"key": "prod"}))[0] == 202
+    for _ in range(50):
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        if errors:
+            break
+        await asyncio.sleep(0.1)
+    assert errors and "configuration error" in errors[0]
+    assert "INVALID_REPLICATION_FACTOR" in errors[0]
+    assert "FLAGSTREAM_PUBLISHER_TOPIC_REPLICATION_FACTOR to at most 1" in errors[0]
