@@ -16,12 +16,15 @@ from flagstream.procgroup import kill_group, log_tail, stop_group
 # A parent that forks a "worker" into its own process group and then waits forever.
 _PARENT = """
 import os, signal, sys, time
+# The handler is in place before the pid is printed, so a SIGTERM sent as soon as the test
+# reads the pid always finds it (the worker takes the default action: it dies).
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 pid = os.fork()
 if pid == 0:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     time.sleep(300)
     os._exit(0)
 print(pid, flush=True)
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 time.sleep(300)
 """
 
