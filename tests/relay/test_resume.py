@@ -246,3 +246,44 @@ async def test_recreated_topic_is_a_new_epoch_and_old_positions_get_a_full_put(
             assert put.event == "put" and put.id is not None
             assert put.id.startswith(f"{relay.state.epoch}:")
             assert set(event_data(put)["data"]["flags"]) == {"fresh"}
+
+
+async def test_recreated_topic_closes_open_streams_and_they_reconnect_to_a_full_put(
+    backend: Backend, producer: RecordWriter, session: aiohttp.ClientSession
+) -> None:
+    """A stream open across the re-creation is closed (clean end of body, reason ``reset``);
+    reconnecting with the last id it saw (an old-epoch position) gets a full put."""
+    settings = backend.settings(stale_after=1.0)
+    async with run_relay(settings, backend.source()) as relay:
+        await wait_ready(relay)
+        old_epoch = relay.state.epoch
+        async with sse(session, relay.url + "/all", KEY) as s:
+            (put,) = await s.wait_events(1)
+            assert set(event_data(put)["data"]["flags"]) == {"a", "b"}
+
+            await backend.recreate()
+            async with backend.producer() as p2:
+                await p2.send(env_envelope("prod", [KEY]))
+                await p2.send(item_envelope("prod", "flag", flag("fresh", 1)))
+
+            # The relay closes the stream once it adopted the new epoch.
+            await wait_until(lambda: s.response.content.at_eof(), 60)
+            assert s.response.content.exception() is None  # a clean end, not a reset
+            last_id = s.last_event_id
+        assert last_id is not None and last_id.startswith(f"{old_epoch}:")
+        closed = metric(
+            relay.metrics, "flagstream_relay_connections_closed_total", {"reason": "reset"}
+        )
+        assert closed == 1
+
+        def rebuilt() -> bool:
+            env = relay.state.environments.get("prod")
+            return relay.state.ready and env is not None and bool(env.items)
+
+        await wait_until(rebuilt, 60)
+        assert relay.state.epoch != old_epoch
+        async with sse(session, relay.url + "/all", KEY, last_event_id=last_id) as s:
+            (put,) = await s.wait_events(1)
+            assert put.event == "put" and put.id is not None
+            assert put.id.startswith(f"{relay.state.epoch}:")
+            assert set(event_data(put)["data"]["flags"]) == {"fresh"}
