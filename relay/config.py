@@ -41,6 +41,14 @@ class RelaySettings(BaseSettings):
         le=256,
         description="worker processes sharing the port (SO_REUSEPORT)",
     )
+    share_port: bool = Field(
+        default=False,
+        description=(
+            "start even if another relay already listens on the port and share it with it "
+            "(SO_REUSEPORT), e.g. for a rolling restart on one host; otherwise a busy port "
+            "is an error"
+        ),
+    )
     max_request_line: int = Field(default=8190, ge=256, description="max HTTP request line")
     max_header_size: int = Field(default=8190, ge=256, description="max HTTP header size")
 

@@ -60,12 +60,13 @@ _IDLE_CONNECTION_SECONDS = 75.0
 def serve(settings: RelaySettings) -> int:
     """Run the relay until it is told to stop; return the process exit code."""
     raise_fd_limit()
-    if settings.port != 0:
+    if settings.port != 0 and not settings.share_port:
         problem = port_in_use(settings.host, settings.port)
         if problem is not None:
             print(
                 f"flagstream relay: cannot listen on {settings.host}:{settings.port}: "
-                f"{problem} (choose another --port or stop the other process)",
+                f"{problem} (choose another --port, stop the other process, or pass "
+                "--share-port true to share it on purpose)",
                 file=sys.stderr,
             )
             return 2

@@ -97,7 +97,7 @@ async def test_a_real_sdk_moves_to_the_other_relay_on_the_port_when_one_drains(
 
     async with seeded(kafka_bootstrap, unique_name) as producer:
         port = free_port()
-        common = {"workers": 1, "port": port, "drain_window": 1}
+        common = {"workers": 1, "port": port, "drain_window": 1, "share_port": "true"}
         with (
             relay_process(tmp_path, kafka_bootstrap, unique_name, **common) as first,
             relay_process(tmp_path, kafka_bootstrap, unique_name, **common) as second,

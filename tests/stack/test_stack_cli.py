@@ -207,7 +207,12 @@ def test_bad_port_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> N
     assert "not a port number" in capsys.readouterr().err
 
 
-def test_ports_come_from_the_last_up_unless_given(tmp_path: Path) -> None:
+def test_ports_come_from_the_last_up_unless_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Port variables in the caller's environment would win over the recorded ports.
+    for name in ("KAFKA_PORT", "CONTROLLER_PORT", "REDIS_PORT"):
+        monkeypatch.delenv(f"FLAGSTREAM_STACK_{name}", raising=False)
     stack = Stack(resolve_config(tmp_path, 1111, 2222, 3333))
     stack.record()
     assert resolve_config(tmp_path) == stack.config
