@@ -13,7 +13,7 @@ STAMP := $(VENV)/.flagstream-installed
 # directories on sys.path so their helper modules still import by plain name.
 PYTEST_ARGS ?=
 
-.PHONY: help venv stack-up stack-down stack-status lint format typecheck tf-check test run
+.PHONY: help venv stack-up stack-down stack-status browser lint format typecheck tf-check test run
 
 help:
 	@echo "make run           run flagstream (embedded mode: publisher + relay, no services)"
@@ -22,6 +22,7 @@ help:
 	@echo "make stack-up      start the local Kafka + Redis (reuses a running one)"
 	@echo "make stack-down    stop them"
 	@echo "make stack-status  show what runs where"
+	@echo "make browser       install chromium if missing (for the examples page test)"
 	@echo "make lint | format | typecheck | tf-check"
 
 venv: $(STAMP)
@@ -63,7 +64,17 @@ tf-check:
 		echo "tf-check: deploy/terraform/check.sh not present, skipped"; \
 	fi
 
-test: venv stack-up lint typecheck tf-check
+# The examples' EventSource page is tested in a real headless browser (Debian's chromium).
+browser:
+	@command -v chromium >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing chromium with apt-get (browser test of examples/)"; \
+			apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+		else \
+			echo "error: chromium is missing: apt-get install -y chromium" >&2; exit 1; \
+		fi; }
+
+test: venv stack-up browser lint typecheck tf-check
 	$(BIN)/coverage erase
 	$(BIN)/coverage run -m pytest --import-mode=importlib $(PYTEST_ARGS)
 	$(BIN)/coverage report --include='protocol/*' --fail-under=100
