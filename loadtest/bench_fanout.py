@@ -47,18 +47,19 @@ from array import array
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from flagstream import procgroup
+from loadtest.sysinfo import raise_nofile_limit, rss_bytes
+
 __all__ = ["main"]
 
 ENV = "bench"
 INITIAL = b": connected\n\n"
 _ROUND_TIMEOUT = 60.0
 _CONNECT_TIMEOUT = 300.0
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * _PAGE
+    return rss_bytes(os.getpid(), tree=False)
 
 
 def _percentile(ordered: Sequence[float], p: float) -> float:
@@ -87,15 +88,6 @@ def _new_loop() -> asyncio.AbstractEventLoop:
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     return loop
-
-
-def _raise_nofile() -> int:
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 def _payload(frame_bytes: int, round_no: int) -> bytes:
@@ -145,7 +137,7 @@ def _server_main(
     frame_bytes: int,
     ctrl: multiprocessing.connection.Connection,
 ) -> None:
-    _raise_nofile()
+    raise_nofile_limit(0)
     loop = _new_loop()
     try:
         loop.run_until_complete(_Server(path, sock, ctrl, frame_bytes).run())
@@ -353,7 +345,7 @@ def _sink_main(
     ready_marker: bytes,
     ctrl: multiprocessing.connection.Connection,
 ) -> None:
-    _raise_nofile()
+    raise_nofile_limit(0)
     loop = _new_loop()
     try:
         loop.run_until_complete(_Sink(ports, n, sink_index, request, ready_marker, ctrl).run())
@@ -627,24 +619,17 @@ def _seed_topic(bootstrap: str, topic: str, env: str, sdk_key: str, flags: int) 
     asyncio.run(seed())
 
 
-def _pid_rss(pid: int) -> int:
-    with open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * _PAGE
-
-
 def run_real_relay(bootstrap: str, connections: int, flags: int) -> dict[str, Any]:
     """User-space memory per idle stream of a real relay (``relay.cli``, one worker)."""
     import subprocess
     import urllib.request
 
-    from relay.server import listen_socket
+    from loadtest.procs import free_port
 
     topic = f"bench-fanout-{os.getpid()}-{int(time.time())}"
     sdk_key = f"sdk-bench-{os.getpid()}"
     _seed_topic(bootstrap, topic, "bench", sdk_key, flags)
-    probe = listen_socket("127.0.0.1", 0)
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     env = dict(
         os.environ,
         FLAGSTREAM_KAFKA_BOOTSTRAP=bootstrap,
@@ -652,7 +637,11 @@ def run_real_relay(bootstrap: str, connections: int, flags: int) -> dict[str, An
         FLAGSTREAM_RELAY_PORT=str(port),
         FLAGSTREAM_RELAY_WORKERS="1",
     )
-    relay = subprocess.Popen([sys.executable, "-m", "relay.cli", "--log-level", "WARNING"], env=env)
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "relay.cli", "--log-level", "WARNING"],
+        env=env,
+        start_new_session=True,  # own process group: procgroup.stop_group reaches it all
+    )
     sinks: list[_Child] = []
     try:
         deadline = time.monotonic() + 60
@@ -670,7 +659,7 @@ def run_real_relay(bootstrap: str, connections: int, flags: int) -> dict[str, An
         warm = _Child(_sink_main, [port], 100, 200, request, b"event: put")
         warm.recv(_CONNECT_TIMEOUT)  # one-time allocations are not per-stream memory
         time.sleep(1.0)
-        base = _pid_rss(relay.pid)
+        base = rss_bytes(relay.pid, tree=False)
         per_sink = 18_000
         count = math.ceil(connections / per_sink)
         for i in range(count):
@@ -679,21 +668,20 @@ def run_real_relay(bootstrap: str, connections: int, flags: int) -> dict[str, An
         for sink in sinks:
             sink.recv(_CONNECT_TIMEOUT)
         time.sleep(2.0)
-        grown = _pid_rss(relay.pid) - base
+        grown = rss_bytes(relay.pid, tree=False) - base
         sinks.append(warm)
         return {
             "path": "real-relay",
             "streams": connections,
             "flags": flags,
             "rss_per_stream_bytes": round(grown / connections),
-            "relay_rss_mb": round(_pid_rss(relay.pid) / 1e6, 1),
+            "relay_rss_mb": round(rss_bytes(relay.pid, tree=False) / 1e6, 1),
             "loadavg_1m": round(os.getloadavg()[0], 2),
         }
     finally:
         for sink in sinks:
             sink.stop()
-        relay.terminate()
-        relay.wait(30)
+        procgroup.stop_group(relay, 30)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -724,7 +712,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--flags", type=int, default=20, help="flags in the real relay's env")
     args = parser.parse_args(argv)
 
-    hard = _raise_nofile()
+    hard = raise_nofile_limit(0)
     if args.per_process + 100 > hard or args.per_sink + 100 > hard:
         print(f"bench_fanout: per-process sizes must stay below RLIMIT_NOFILE ({hard})")
         return 2

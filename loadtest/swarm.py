@@ -254,7 +254,7 @@ class Swarm:
                 if isinstance(exc, OSError) and exc.errno is not None:
                     name = errno.errorcode.get(exc.errno, name)
                 self.errors[name] += 1
-                self._retry_later(client, failover=True)
+                self._retry_later(client)
 
     async def connect_all(self, clients: list[StreamClient], *, rate: float | None = None) -> None:
         """Start ``clients`` (at most ``rate`` new connections per second if given)."""
@@ -296,15 +296,13 @@ class Swarm:
         if client.retry_after is not None:
             delay = client.retry_after * random.uniform(0.5, 1.0)
             client.retry_after = None
-        self._retry_later(client, failover=True, delay=delay)
+        self._retry_later(client, delay=delay)
 
-    def _retry_later(
-        self, client: StreamClient, *, failover: bool, delay: float | None = None
-    ) -> None:
+    def _retry_later(self, client: StreamClient, *, delay: float | None = None) -> None:
+        """Reconnect after ``delay`` (default: full jitter), to the next target (fail-over)."""
         if not self.reconnect or client.stopped or self._closing:
             return
-        if failover:
-            client.target_index = (client.target_index + 1) % len(self.targets)
+        client.target_index = (client.target_index + 1) % len(self.targets)
         if delay is None:
             delay = random.uniform(0, self.reconnect_delay)
         loop = asyncio.get_running_loop()
@@ -344,11 +342,6 @@ class Swarm:
         return True
 
     # --- control ----------------------------------------------------------------------
-    def set_target(self, index: int) -> None:
-        """Point every stream's next (re)connect at ``targets[index]``."""
-        for c in self.clients:
-            c.target_index = index
-
     async def wait_until(
         self, predicate: Callable[[], bool], within: float, *, poll: float = 0.02
     ) -> bool:

@@ -55,16 +55,16 @@ async def _fill(ctx: Context, topic: str, size: int, envs: int, counter: list[in
         await driver.start()
     except DriverError as exc:
         raise ScenarioError(f"{exc} (is the local stack up? `flagstream stack up`)") from exc
+
+    def advance(k: int) -> None:
+        counter[0] += k
+
     t0 = time.perf_counter()
     try:
         per_env = [size // envs + (1 if i < size % envs else 0) for i in range(envs)]
         for i, n in enumerate(per_env):
             env = f"lt-cold-{i}"
             await driver.create_environment(env, 0)
-
-            def advance(k: int) -> None:
-                counter[0] += k
-
             await driver.fill_flags(env, n, advance)
     finally:
         await driver.stop()

@@ -318,8 +318,4 @@ async def _delete_redis_keys(url: str, prefixes: list[str]) -> None:
         await client.aclose()
 
 
-def env_default(name: str, default: str) -> str:
-    return os.environ.get(name, default)
-
-
-__all__ += ["ServiceError", "env_default", "scrape_metrics", "start_relay"]
+__all__ += ["ServiceError", "scrape_metrics", "start_relay"]

@@ -74,11 +74,14 @@ async def _storm(
     phase = ["connecting"]
     state = {"final": 1 << 62}
 
+    def caught(version: int) -> int:
+        """Streams holding ``version`` (or later) of the watched flag."""
+        return sum(1 for v in rec.watch_version.values() if v >= version)
+
     def render() -> str:
-        caught = sum(1 for v in rec.watch_version.values() if v >= state["final"])
         return (
             f"{label} {phase[0]}: open {swarm.open_count}/{a.streams} caught up "
-            f"{caught}/{a.streams} bytes {swarm.bytes_received / 2**20:.1f} MiB "
+            f"{caught(state['final'])}/{a.streams} bytes {swarm.bytes_received / 2**20:.1f} MiB "
             f"puts {rec.puts - puts0} errors {sum(swarm.errors.values())}"
         )
 
@@ -96,12 +99,7 @@ async def _storm(
             if warm.errors:
                 raise ScenarioError(f"writes failed: {warm.first_error}")
             state["final"] = rec.final_version(env, WATCH_KEY)
-            await swarm.wait_until(
-                lambda: (
-                    sum(1 for v in rec.watch_version.values() if v >= state["final"]) >= a.streams
-                ),
-                a.settle,
-            )
+            await swarm.wait_until(lambda: caught(state["final"]) >= a.streams, a.settle)
             before = await scrape_metrics(dst.url)
             bytes0, puts1, patches1, opened0 = (
                 swarm.bytes_received,
@@ -120,7 +118,7 @@ async def _storm(
             final = rec.final_version(env, WATCH_KEY)
             state["final"] = final
             all_caught = await swarm.wait_until(
-                lambda: sum(1 for v in rec.watch_version.values() if v >= final) >= a.streams,
+                lambda: caught(final) >= a.streams,
                 a.settle + a.reconnect_delay,
             )
             t_end = time.perf_counter()
