@@ -46,6 +46,7 @@ import aiohttp
 
 from flagstream import procgroup
 from flagstream.dev import DEMO_ENV, TOGGLE_FLAG
+from flagstream.stack.process import free_port
 from protocol.sse import SSEEvent, SSEParser
 
 HOST = "127.0.0.1"
@@ -284,14 +285,6 @@ class DemoError(Exception):
     """A step failed; the message says which and where to look."""
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 class Processes:
     """Starts the publisher and relays of the demo and guarantees they are all stopped."""
 
@@ -442,7 +435,7 @@ async def run_demo(args: argparse.Namespace, say: Any = print) -> Outcome:
     session = aiohttp.ClientSession(connector=connector, timeout=timeout)
     try:
         say(f"2. publisher and two relays on topic {topic} (logs in {workdir})")
-        pub_port = free_port()
+        pub_port = free_port(HOST)
         publisher = procs.start(
             "publisher",
             "publisher",
@@ -457,7 +450,7 @@ async def run_demo(args: argparse.Namespace, say: Any = print) -> Outcome:
         say(f"   publisher ready on {publisher.url}")
         relays: list[Child] = []
         for name in ("relay-a", "relay-b"):
-            port = free_port()
+            port = free_port(HOST)
             relay_env = {
                 "FLAGSTREAM_RELAY_PORT": str(port),
                 "FLAGSTREAM_RELAY_WORKERS": "1",

@@ -7,6 +7,7 @@ durable: the state lives as long as the object.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -101,11 +102,15 @@ class MemoryStore:
         items[key] = (version, item)
         return self._append(env, outbox, audit, now_ms)
 
-    def _append(self, env: str, outbox: KafkaRecord, audit: bytes, now_ms: int) -> str:
+    def _enqueue(self, record: KafkaRecord, now_ms: int) -> str:
         self._outbox_seq += 1
         # Same shape as a Redis stream id, so ids compare the same way in both stores.
         entry_id = f"{now_ms}-{self._outbox_seq}"
-        self._outbox[entry_id] = OutboxEntry(entry_id, outbox, now_ms)
+        self._outbox[entry_id] = OutboxEntry(entry_id, record, now_ms)
+        return entry_id
+
+    def _append(self, env: str, outbox: KafkaRecord, audit: bytes, now_ms: int) -> str:
+        entry_id = self._enqueue(outbox, now_ms)
         log = self._audit.setdefault(env, [])
         log.append(audit)
         if len(log) > self._audit_max:
@@ -119,12 +124,7 @@ class MemoryStore:
 
     # -- outbox ------------------------------------------------------------------------
     async def outbox_read(self, count: int) -> list[OutboxEntry]:
-        out: list[OutboxEntry] = []
-        for entry in self._outbox.values():
-            if len(out) >= count:
-                break
-            out.append(entry)
-        return out
+        return list(itertools.islice(self._outbox.values(), max(count, 0)))
 
     async def outbox_remove(self, ids: list[str], *, owner: str, fence: int) -> int:
         if not self._holds(owner) or fence != self._fence:
@@ -139,13 +139,7 @@ class MemoryStore:
         return len(self._outbox)
 
     async def outbox_append(self, records: Sequence[KafkaRecord], *, now_ms: int) -> list[str]:
-        ids = []
-        for record in records:
-            self._outbox_seq += 1
-            entry_id = f"{now_ms}-{self._outbox_seq}"
-            self._outbox[entry_id] = OutboxEntry(entry_id, record, now_ms)
-            ids.append(entry_id)
-        return ids
+        return [self._enqueue(record, now_ms) for record in records]
 
     async def outbox_contains(self, entry_id: str) -> bool:
         return entry_id in self._outbox

@@ -126,10 +126,19 @@ return redis.call('XDEL', KEYS[3], unpack(ARGV, 3))
 """
 
 _DELETE_TOKEN = """
--- KEYS: tokens, token_hashes; ARGV: id, secret hash (read by the caller)
-local n = redis.call('HDEL', KEYS[1], ARGV[1])
-if n == 1 then redis.call('HDEL', KEYS[2], ARGV[2]) end
-return n
+-- KEYS: tokens, token_hashes; ARGV: id. Returns 1 if the token existed, else 0.
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], cjson.decode(raw)['sha256'])
+return 1
+"""
+
+_FIND_TOKEN = """
+-- KEYS: token_hashes, tokens; ARGV: secret hash. Returns the token's JSON, or nil.
+local id = redis.call('HGET', KEYS[1], ARGV[1])
+if not id then return false end
+return redis.call('HGET', KEYS[2], id)
 """
 
 
@@ -209,6 +218,7 @@ class RedisStore:
         self._release = self._r.register_script(_RELEASE_LEASE)
         self._remove = self._r.register_script(_OUTBOX_REMOVE)
         self._delete_token = self._r.register_script(_DELETE_TOKEN)
+        self._find_token = self._r.register_script(_FIND_TOKEN)
 
     # key names
     def _k(self, *parts: str) -> str:
@@ -414,22 +424,16 @@ class RedisStore:
 
     @_unavailable
     async def delete_token(self, token_id: str) -> bool:
-        raw = await self._r.hget(self._k("tokens"), token_id)
-        if raw is None:
-            return False
-        token = _token_from_json(raw)
         n = await self._delete_token(
-            keys=[self._k("tokens"), self._k("token_hashes")],
-            args=[token_id, token.secret_sha256],
+            keys=[self._k("tokens"), self._k("token_hashes")], args=[token_id]
         )
         return int(n) == 1
 
     @_unavailable
     async def find_token(self, secret_sha256: str) -> TokenRecord | None:
-        token_id = await self._r.hget(self._k("token_hashes"), secret_sha256)
-        if token_id is None:
-            return None
-        raw = await self._r.hget(self._k("tokens"), token_id)
+        raw = await self._find_token(
+            keys=[self._k("token_hashes"), self._k("tokens")], args=[secret_sha256]
+        )
         return None if raw is None else _token_from_json(raw)
 
     # -- test/ops helpers ----------------------------------------------------------------

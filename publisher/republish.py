@@ -25,10 +25,10 @@ import json
 import logging
 import time
 
-from protocol.envelope import Envelope, decode_envelope, encode_envelope
+from protocol.envelope import decode_envelope
 from protocol.errors import EnvelopeError
-from protocol.keys import ITEM_KINDS, record_key
-from publisher.store import KafkaRecord, Store
+from protocol.keys import ITEM_KINDS, Kind
+from publisher.store import KafkaRecord, Store, outbox_record
 
 __all__ = ["republish_state"]
 
@@ -43,21 +43,9 @@ _Ident = tuple[str, str, str]  # (env, kind, key)
 
 
 def _record(
-    kind: str, env: str, key: str, version: int, item: bytes, deleted: bool, now_ms: int
+    kind: Kind, env: str, key: str, version: int, item: bytes, deleted: bool, now_ms: int
 ) -> KafkaRecord:
-    value = encode_envelope(
-        Envelope(
-            kind=kind,  # type: ignore[arg-type]
-            env=env,
-            key=key,
-            version=version,
-            published_ms=now_ms,
-            actor=ACTOR,
-            item=item,
-            deleted=deleted,
-        )
-    )
-    return KafkaRecord(env=env, key=record_key(env, kind, key), value=value)  # type: ignore[arg-type]
+    return outbox_record(kind, env, key, version, ACTOR, item, deleted=deleted, now_ms=now_ms)
 
 
 async def _state(store: Store, now_ms: int) -> list[tuple[_Ident, int, KafkaRecord]]:

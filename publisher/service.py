@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from protocol.envelope import Envelope, encode_envelope
 from protocol.environment import (
     CredentialHash,
     EnvironmentRecord,
@@ -34,7 +33,7 @@ from protocol.environment import (
     new_sdk_key,
 )
 from protocol.errors import ValidationError
-from protocol.keys import record_key, validate_key
+from protocol.keys import Kind, validate_key
 from protocol.model import encode_item, make_tombstone, validate_flag, validate_segment
 from publisher.auth import SCOPES, Principal, new_token_secret, token_sha256
 from publisher.mergepatch import apply_merge_patch
@@ -47,6 +46,7 @@ from publisher.store import (
     TokenRecord,
     UnknownEnvironment,
     VersionConflict,
+    outbox_record,
 )
 
 __all__ = ["IfMatch", "Publisher", "WriteResult", "env_view", "parse_if_match"]
@@ -55,6 +55,7 @@ _MAX_ATTEMPTS: Final = 8
 _COMMENT_MAX: Final = 2000
 _NAME_MAX: Final = 256
 _MAX_EXPIRY_SECONDS: Final = 366 * 24 * 3600
+_AUDIT_LIMIT_MAX: Final = 1000
 
 # An If-Match header: None (absent), "*" (must exist), or a version (0 = must not exist).
 IfMatch = int | str | None
@@ -164,17 +165,14 @@ def token_view(t: TokenRecord) -> dict[str, Any]:
 class Publisher:
     """Every API operation as a method; HTTP handlers only parse requests and shape responses."""
 
-    def __init__(
-        self, store: Store, *, max_record_bytes: int = 1_000_000, audit_limit_max: int = 1000
-    ) -> None:
+    def __init__(self, store: Store, *, max_record_bytes: int = 1_000_000) -> None:
         self.store = store
         self._max_record = max_record_bytes
-        self._audit_limit_max = audit_limit_max
 
     # -- helpers -------------------------------------------------------------------------
     def _envelope(
         self,
-        kind: str,
+        kind: Kind,
         env: str,
         key: str,
         version: int,
@@ -184,26 +182,15 @@ class Publisher:
         deleted: bool = False,
         now_ms: int,
     ) -> KafkaRecord:
-        value = encode_envelope(
-            Envelope(
-                kind=kind,  # type: ignore[arg-type]
-                env=env,
-                key=key,
-                version=version,
-                published_ms=now_ms,
-                actor=actor,
-                item=item,
-                deleted=deleted,
-            )
-        )
-        if len(value) > self._max_record:
+        record = outbox_record(kind, env, key, version, actor, item, deleted=deleted, now_ms=now_ms)
+        if len(record.value) > self._max_record:
             raise ApiError(
                 413,
-                f"the {kind} is too large for one Kafka record ({len(value)} bytes encoded, "
-                f"limit {self._max_record}); split it or raise the broker's message.max.bytes "
-                "and FLAGSTREAM_PUBLISHER_MAX_RECORD_BYTES",
+                f"the {kind} is too large for one Kafka record ({len(record.value)} bytes "
+                f"encoded, limit {self._max_record}); split it or raise the broker's "
+                "message.max.bytes and FLAGSTREAM_PUBLISHER_MAX_RECORD_BYTES",
             )
-        return KafkaRecord(env=env, key=record_key(env, kind, key), value=value)  # type: ignore[arg-type]
+        return record
 
     @staticmethod
     def _audit(
@@ -450,8 +437,8 @@ class Publisher:
     # -- audit ---------------------------------------------------------------------------
     async def audit(self, env: str, limit: int) -> list[dict[str, Any]]:
         await self.require_environment(env)
-        if not 1 <= limit <= self._audit_limit_max:
-            raise ApiError(400, f"limit must be between 1 and {self._audit_limit_max}")
+        if not 1 <= limit <= _AUDIT_LIMIT_MAX:
+            raise ApiError(400, f"limit must be between 1 and {_AUDIT_LIMIT_MAX}")
         return [json.loads(raw) for raw in await self.store.read_audit(env, limit)]
 
     # -- environments --------------------------------------------------------------------

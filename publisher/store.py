@@ -24,9 +24,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
+from protocol.envelope import Envelope, encode_envelope
 from protocol.environment import EnvironmentRecord
+from protocol.keys import ItemKind, Kind, record_key
 
 __all__ = [
     "EnvironmentExists",
@@ -39,9 +41,8 @@ __all__ = [
     "TokenRecord",
     "UnknownEnvironment",
     "VersionConflict",
+    "outbox_record",
 ]
-
-ItemKind = Literal["flag", "segment"]
 
 
 class StoreError(Exception):
@@ -75,6 +76,33 @@ class KafkaRecord:
     env: str
     key: bytes  # protocol.keys.record_key
     value: bytes  # protocol.envelope.encode_envelope
+
+
+def outbox_record(
+    kind: Kind,
+    env: str,
+    key: str,
+    version: int,
+    actor: str,
+    item: bytes,
+    *,
+    deleted: bool,
+    now_ms: int,
+) -> KafkaRecord:
+    """The record of one committed state: ``item`` (JSON, already encoded) in its envelope."""
+    value = encode_envelope(
+        Envelope(
+            kind=kind,
+            env=env,
+            key=key,
+            version=version,
+            published_ms=now_ms,
+            actor=actor,
+            item=item,
+            deleted=deleted,
+        )
+    )
+    return KafkaRecord(env=env, key=record_key(env, kind, key), value=value)
 
 
 @dataclass(frozen=True, slots=True)
