@@ -10,9 +10,9 @@ Rules (in the order a change meets them):
 2. A *round* starts one loop tick after the first pending change (so a burst of records read
    in one fetch becomes one round), or, while a round is writing, right after it ends. A
    round takes every pending change of every environment that has listeners, orders them by
-   offset, and encodes them ONCE per stream kind (``/all`` patch/delete events, legacy
-   ``/flags`` events for flags only) into one batch, framed once per framing (HTTP/1.1
-   chunk, or raw). The same bytes object is written to every stream of that kind: one
+   offset, and encodes them ONCE per stream kind the environment has (``/all`` patch/delete
+   events, legacy ``/flags`` events for flags only) into one batch, framed once per framing
+   (HTTP/1.1 chunk, or raw). The same bytes object is written to every stream of that kind: one
    ``send()`` straight to the socket when nothing is queued on its transport (what the
    kernel floor costs), else ``transport.write()`` so queued bytes keep their order. No
    per-connection encoding, task or await.
@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from aiohttp import hdrs, web
 
 from protocol import ld
+from relay.state import item_event
 from relay.stream import CHUNKED_EOF, Connection, StreamKind, StreamProtocol, frame
 
 if TYPE_CHECKING:
@@ -148,14 +149,13 @@ class Hub:
     """All SSE streams of one relay process. See the module docstring for the rules."""
 
     def __init__(self, settings: RelaySettings, metrics: RelayMetrics) -> None:
-        self._settings = settings
         self._metrics = metrics
         self._max_connections = settings.max_connections
         self._max_buffer = settings.max_buffer_bytes
         self._heartbeat_interval = settings.heartbeat_interval
         self._lifetime = settings.max_connection_lifetime
         self._jitter = settings.lifetime_jitter
-        self._retry_after = str(getattr(settings, "retry_after", 2))
+        self._retry_after = str(settings.retry_after)
         self.slice_writes = DEFAULT_SLICE_WRITES
         # Detached streams: serve_stream returns once the stream is set up and aiohttp forgets
         # the connection (see relay.stream). relay.server turns this on; the default keeps
@@ -387,9 +387,9 @@ class Hub:
         loop = self._loop
         assert loop is not None
         if self._lifetime is not None:
-            conn.deadline = loop.time() + self._lifetime * (1.0 - self._jitter * random.random())
+            deadline = loop.time() + self._lifetime * (1.0 - self._jitter * random.random())
             self._seq += 1
-            heapq.heappush(self._lifetimes, (conn.deadline, self._seq, conn))
+            heapq.heappush(self._lifetimes, (deadline, self._seq, conn))
         self._ensure_ticker(loop)
         if transport.get_write_buffer_size() > conn.limit:
             self._close(conn, "evicted")
@@ -447,16 +447,16 @@ class Hub:
             if env is None:
                 continue  # nobody listens: nothing to encode
             ordered = sorted(changes.values(), key=_offset)
-            batches: dict[StreamKind, _Batch] = {"all": _encode_all(ordered)}
-            flags = [c for c in ordered if c.kind == "flag"]
-            if flags:
-                batches["flags"] = _encode_flags(flags)
+            # Encode only for the stream kinds this environment has.
+            kinds = {kind for (kind, _), conns in env.groups.items() if conns}
+            kinds.update(conn.kind for conn in env.preparing)
+            batches = {kind: _encode(ordered, kind) for kind in kinds}
             for conn in env.preparing:
                 batch = batches.get(conn.kind)
                 if batch is not None and conn.pending is not None:
                     index = batch.suffix_index(conn.start_offset)
                     if index < len(batch.frames):
-                        conn.pending.append(b"".join(batch.frames[index:]))
+                        conn.pending.append(batch.suffix(index, False))  # unframed
             last: _Job | None = None
             for (kind, chunked), conns in env.groups.items():
                 batch = batches.get(kind)
@@ -636,21 +636,10 @@ def _all_streams(env: _EnvStreams) -> Iterable[Connection]:
         yield from conns
 
 
-def _encode_all(changes: list[Change]) -> _Batch:
-    frames = [
-        ld.delete_event(c.kind, c.key, c.version, c.position)
-        if c.deleted
-        else ld.patch_event(c.kind, c.key, c.item, c.position)
-        for c in changes
-    ]
-    return _Batch(frames, [c.offset for c in changes])
-
-
-def _encode_flags(changes: list[Change]) -> _Batch:
-    frames = [
-        ld.flags_delete_event(c.key, c.version, c.position)
-        if c.deleted
-        else ld.flags_patch_event(c.key, c.item, c.position)
-        for c in changes
-    ]
-    return _Batch(frames, [c.offset for c in changes])
+def _encode(changes: list[Change], stream: StreamKind) -> _Batch | None:
+    """One round's events of ``changes`` for ``stream`` (None: nothing for that kind)."""
+    if stream == "flags":
+        changes = [c for c in changes if c.kind == "flag"]
+        if not changes:
+            return None
+    return _Batch([item_event(c, stream, c.position) for c in changes], [c.offset for c in changes])

@@ -32,12 +32,11 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 from prometheus_client import Gauge
 
 from relay.hub import Hub
@@ -124,13 +123,7 @@ def port_in_use(host: str, port: int) -> str | None:
 # --- one worker ---------------------------------------------------------------------------
 
 
-def run_worker(
-    settings: RelaySettings,
-    *,
-    index: int,
-    sock: socket.socket | None = None,
-    app_factory: Callable[[RelaySettings, Hub], web.Application] | None = None,
-) -> int:
+def run_worker(settings: RelaySettings, *, index: int) -> int:
     """Run one complete relay on a uvloop loop until SIGTERM/SIGINT; return the exit code."""
     os.environ["FLAGSTREAM_WORKER_INDEX"] = str(index)
     try:
@@ -139,18 +132,17 @@ def run_worker(
         loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         loop_factory = None
-    if sock is None:
-        try:
-            sock = listen_socket(settings.host, settings.port)
-        except OSError as exc:
-            print(
-                f"flagstream relay: cannot listen on {settings.host}:{settings.port}: "
-                f"{exc.strerror or exc} (choose another --port or stop the other process)",
-                file=sys.stderr,
-            )
-            return 2
+    try:
+        sock = listen_socket(settings.host, settings.port)
+    except OSError as exc:
+        print(
+            f"flagstream relay: cannot listen on {settings.host}:{settings.port}: "
+            f"{exc.strerror or exc} (choose another --port or stop the other process)",
+            file=sys.stderr,
+        )
+        return 2
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(_Worker(settings, index, sock, app_factory).run())
+        return runner.run(_Worker(settings, index, sock).run())
 
 
 def _default_app(settings: RelaySettings, hub: Hub) -> web.Application:
@@ -167,17 +159,10 @@ def _default_app(settings: RelaySettings, hub: Hub) -> web.Application:
 
 
 class _Worker:
-    def __init__(
-        self,
-        settings: RelaySettings,
-        index: int,
-        sock: socket.socket,
-        app_factory: Callable[[RelaySettings, Hub], web.Application] | None,
-    ) -> None:
+    def __init__(self, settings: RelaySettings, index: int, sock: socket.socket) -> None:
         self.settings = settings
         self.index = index
         self.sock = sock
-        self.app_factory = app_factory or _default_app
         self.stop_requested: asyncio.Event | None = None
         self.window = settings.drain_window
         self.first_signal_at: float | None = None
@@ -200,9 +185,8 @@ class _Worker:
             ["worker", "pid"],
             registry=metrics.registry,
         ).labels(worker=str(self.index), pid=str(os.getpid())).set(1)
-        app = self.app_factory(self.settings, hub)
+        app = _default_app(self.settings, hub)  # its /readyz answers 503 once hub drains
         identity = f"{self.index}/{os.getpid()}"
-        app.middlewares.append(_drain_aware_readyz(hub))
 
         async def tag(request: web.Request, response: web.StreamResponse) -> None:
             response.headers[WORKER_HEADER] = identity
@@ -258,23 +242,6 @@ class _Worker:
         assert self.hub is not None and self.stop_requested is not None
         await self.hub.drain(window)
         self.stop_requested.set()
-
-
-def _drain_aware_readyz(hub: Hub) -> Middleware:
-    """``/readyz`` answers 503 as soon as the hub drains, whatever the app would say."""
-
-    @web.middleware
-    async def readyz(
-        request: web.Request,
-        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-    ) -> web.StreamResponse:
-        if hub.draining and request.path == "/readyz":
-            return web.json_response(
-                {"status": "draining"}, status=503, headers={"Retry-After": "1"}
-            )
-        return await handler(request)
-
-    return readyz
 
 
 # --- supervisor of N workers ----------------------------------------------------------------

@@ -34,20 +34,17 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
 
 from protocol import ld
 from protocol.envelope import Envelope, decode_envelope
 from protocol.errors import EnvelopeError, ProtocolError
-from protocol.keys import partition_for
+from protocol.keys import ItemKind, partition_for, record_key
 from protocol.position import Position
 from relay.credentials import CredentialIndex
 from relay.metrics import RelayMetrics
+from relay.stream import StreamKind
 
 log = logging.getLogger("flagstream.relay.state")
-
-ItemKind = Literal["flag", "segment"]
-StreamKind = Literal["all", "flags"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +52,7 @@ class Change:
     """One applied change of one item, as handed to the hub for fan-out."""
 
     env: str
-    kind: Literal["flag", "segment"]
+    kind: ItemKind
     key: str
     version: int
     deleted: bool
@@ -143,23 +140,24 @@ class Environment:
         return out
 
 
+def item_event(it: Item | Change, stream: StreamKind, position: str) -> bytes:
+    """The patch/delete event of one item for ``stream`` (``/flags`` takes flags only)."""
+    if stream == "flags":
+        if it.deleted:
+            return ld.flags_delete_event(it.key, it.version, position)
+        return ld.flags_patch_event(it.key, it.item, position)
+    if it.deleted:
+        return ld.delete_event(it.kind, it.key, it.version, position)
+    return ld.patch_event(it.kind, it.key, it.item, position)
+
+
 def catchup_events(items: Iterable[Item], stream: StreamKind, epoch: str) -> bytes:
     """patch/delete events for ``items`` (a resumption's catch-up), each with its own id."""
-    parts: list[bytes] = []
-    for it in items:
-        pos = f"{epoch}:{it.offset}"
-        if stream == "flags":
-            if it.kind != "flag":
-                continue
-            if it.deleted:
-                parts.append(ld.flags_delete_event(it.key, it.version, pos))
-            else:
-                parts.append(ld.flags_patch_event(it.key, it.item, pos))
-        elif it.deleted:
-            parts.append(ld.delete_event(it.kind, it.key, it.version, pos))
-        else:
-            parts.append(ld.patch_event(it.kind, it.key, it.item, pos))
-    return b"".join(parts)
+    return b"".join(
+        item_event(it, stream, str(Position(epoch, it.offset)))
+        for it in items
+        if stream == "all" or it.kind == "flag"
+    )
 
 
 class State:
@@ -304,8 +302,7 @@ class State:
         except EnvelopeError as exc:
             self._skip(rec, str(exc))
             return None
-        expected_key = f"{env.env}/{env.kind}/{env.key}".encode()
-        if rec.key != expected_key:
+        if rec.key != record_key(env.env, env.kind, env.key):
             self._skip(rec, "record key does not match its envelope")
             return None
         if self.partitions and self._partition_of(env.env) != rec.partition:
@@ -389,7 +386,7 @@ class State:
                 item=env.item,
                 offset=rec.offset,
                 published_ms=env.published_ms,
-                position=f"{self.epoch}:{rec.offset}",
+                position=str(self.position(environment)),
             )
             for listener in self.listeners:
                 try:

@@ -53,7 +53,6 @@ class Connection:
     __slots__ = (
         "chunked",
         "closed",
-        "deadline",
         "done",
         "env",
         "fd",
@@ -85,7 +84,6 @@ class Connection:
         # Unframed bytes published while the response headers were being prepared.
         self.pending: list[bytes] | None = []
         self.limit = 0  # unsent bytes above which the stream is evicted
-        self.deadline: float | None = None  # loop time of the lifetime close, if any
 
 
 class StreamProtocol(asyncio.Protocol):
