@@ -11,6 +11,7 @@ from __future__ import annotations
 import json as _json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,3 +62,53 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
     root.setLevel(numeric)
     # aiokafka logs every reconnect attempt at ERROR/WARNING; keep its noise bounded.
     logging.getLogger("aiokafka").setLevel(max(numeric, logging.WARNING))
+
+
+class RateLimitFilter(logging.Filter):
+    """Lets each distinct record (level + formatted message) through at most once per
+    ``interval`` seconds; the next one let through after a quiet period says how many were
+    suppressed meanwhile.
+
+    Made for aiokafka: while a topic is missing, its metadata refresh logs
+    ``Topic X not found in cluster metadata`` at ERROR thousands of times a second, drowning
+    the one line that matters. At most ``max_keys`` distinct messages are remembered, so
+    memory stays bounded whatever is logged.
+    """
+
+    def __init__(self, interval: float = 10.0, max_keys: int = 1000) -> None:
+        super().__init__()
+        self.interval = interval
+        self.max_keys = max_keys
+        self._seen: dict[tuple[int, str], list[float]] = {}  # key -> [passed at, suppressed]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True  # a broken record is the handler's to report, not ours to hide
+        key = (record.levelno, message)
+        now = time.monotonic()
+        entry = self._seen.get(key)
+        if entry is not None and now - entry[0] < self.interval:
+            entry[1] += 1
+            return False
+        suppressed = int(entry[1]) if entry is not None else 0
+        if entry is None and len(self._seen) >= self.max_keys:
+            self._seen.clear()
+        self._seen[key] = [now, 0]
+        if suppressed:
+            record.msg = f"{message} ({suppressed} more like this in the last {self.interval:g}s)"
+            record.args = None
+        return True
+
+
+def rate_limit(logger_name: str, interval: float = 10.0) -> RateLimitFilter:
+    """Attach one ``RateLimitFilter`` to ``logger_name`` and return it. Idempotent: the
+    publisher and the relay both call it for ``aiokafka.cluster``, in one process too."""
+    logger = logging.getLogger(logger_name)
+    for existing in logger.filters:
+        if isinstance(existing, RateLimitFilter):
+            return existing
+    limiter = RateLimitFilter(interval)
+    logger.addFilter(limiter)
+    return limiter

@@ -26,8 +26,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError
 
+from flagstream.logs import rate_limit
 from protocol.keys import partition_for
-from publisher.logfilter import install_rate_limit
 
 __all__ = [
     "KafkaRecordLog",
@@ -204,7 +204,7 @@ class KafkaRecordLog:
         self._restart_failed_at = -_RECONNECT_COOLDOWN
         self._partitions: int | None = None
         self._topic_created = False
-        install_rate_limit("aiokafka.cluster")
+        rate_limit("aiokafka.cluster")
         # FIFO: asyncio.Lock wakes waiters in arrival order, so enqueue order = call order.
         self._enqueue = asyncio.Lock()
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, ClassVar, Protocol
 
+from flagstream.logs import rate_limit
 from protocol.position import make_epoch
 from relay.metrics import RelayMetrics
 from relay.state import SourceRecord, State
@@ -55,52 +56,6 @@ class SourceUnavailable(Exception):
 
 class TopicMissing(SourceUnavailable):
     """The broker answers but has no such topic (not created yet, or deleted)."""
-
-
-class RateLimitFilter(logging.Filter):
-    """Lets each distinct record through at most once per ``interval`` seconds.
-
-    The next one let through after a quiet period says how many were suppressed. Installed
-    on ``aiokafka.cluster``: while an assigned topic is missing, aiokafka's fetcher refreshes
-    the metadata in a tight loop and logs ``Topic X not found in cluster metadata`` at ERROR
-    thousands of times a second.
-    """
-
-    def __init__(self, interval: float = 10.0, max_keys: int = 1000) -> None:
-        super().__init__()
-        self.interval = interval
-        self.max_keys = max_keys
-        self._seen: dict[tuple[int, str], list[float]] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:
-            return True
-        key = (record.levelno, message)
-        now = time.monotonic()
-        entry = self._seen.get(key)
-        if entry is not None and now - entry[0] < self.interval:
-            entry[1] += 1
-            return False
-        suppressed = int(entry[1]) if entry is not None else 0
-        if entry is None and len(self._seen) >= self.max_keys:
-            self._seen.clear()
-        self._seen[key] = [now, 0]
-        if suppressed:
-            record.msg = f"{message} ({suppressed} more like this in the last {self.interval:g}s)"
-            record.args = None
-        return True
-
-
-_KAFKA_LOG_FILTER = RateLimitFilter(10.0)
-
-
-def quiet_kafka_logs() -> None:
-    """Rate-limit aiokafka's metadata error lines (idempotent)."""
-    cluster_log = logging.getLogger("aiokafka.cluster")
-    if _KAFKA_LOG_FILTER not in cluster_log.filters:
-        cluster_log.addFilter(_KAFKA_LOG_FILTER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +138,7 @@ class KafkaSource:
         self._tps: list[Any] = []
         self._layout: SourceLayout | None = None
         self._fallback = False
-        quiet_kafka_logs()
+        rate_limit("aiokafka.cluster")
 
     async def start(self, from_offsets: Mapping[int, int]) -> SourceLayout:
         from aiokafka import AIOKafkaConsumer, TopicPartition

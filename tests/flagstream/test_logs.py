@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from flagstream.logs import JsonFormatter, configure_logging
+from flagstream.logs import JsonFormatter, RateLimitFilter, configure_logging, rate_limit
 
 pytestmark = pytest.mark.unit
 
@@ -61,3 +62,44 @@ def test_non_json_extras_are_stringified() -> None:
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
     record.obj = object()
     assert json.loads(JsonFormatter().format(record))["obj"].startswith("<object object")
+
+
+def test_rate_limit_lets_one_line_per_interval_through_then_counts_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    logger = logging.getLogger("flagstream.test.noisy")
+    limiter = RateLimitFilter(interval=0.2)
+    logger.addFilter(limiter)
+    try:
+        caplog.set_level(logging.WARNING, logger=logger.name)
+        for _ in range(1000):
+            logger.error("Topic %s not found", "a")
+        logger.error("Topic %s not found", "b")  # another message is not held back
+        logger.warning("Topic %s not found", "a")  # nor the same text at another level
+        time.sleep(0.25)
+        logger.error("Topic %s not found", "a")
+        assert [r.getMessage() for r in caplog.records] == [
+            "Topic a not found",
+            "Topic b not found",
+            "Topic a not found",
+            "Topic a not found (999 more like this in the last 0.2s)",
+        ]
+    finally:
+        logger.removeFilter(limiter)
+
+
+def test_rate_limit_remembers_a_bounded_number_of_messages() -> None:
+    limiter = RateLimitFilter(interval=60, max_keys=10)
+    for i in range(100):
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "line %d", (i,), None)
+        assert limiter.filter(record)
+    assert len(limiter._seen) <= 10
+
+
+def test_rate_limit_install_is_idempotent() -> None:
+    a = rate_limit("flagstream.test.idem")
+    try:
+        assert rate_limit("flagstream.test.idem") is a
+        assert logging.getLogger("flagstream.test.idem").filters == [a]
+    finally:
+        logging.getLogger("flagstream.test.idem").removeFilter(a)

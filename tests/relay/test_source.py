@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import time
 from typing import Any
 
 import pytest
 from relay_support import create_topic, relay_settings, run_relay, wait_until
 
 from relay.app import FOLLOWER_KEY
-from relay.source import KafkaSource, RateLimitFilter, SourceUnavailable, TopicMissing
+from relay.source import KafkaSource, SourceUnavailable, TopicMissing
 
 
 class Records(logging.Handler):
@@ -58,23 +57,6 @@ async def test_a_deleted_topic_does_not_flood_the_log(
     errors = [r for r in captured.records if r.levelno >= logging.WARNING]
     assert len(missing) <= 2, len(missing)
     assert len(errors) <= 6, [r.getMessage() for r in errors]
-
-
-def test_rate_limit_filter_says_how_many_lines_it_suppressed() -> None:
-    limiter = RateLimitFilter(interval=0.2)
-
-    def record(topic: str) -> logging.LogRecord:
-        return logging.LogRecord(
-            "aiokafka.cluster", logging.ERROR, __file__, 1, "Topic %s not found", (topic,), None
-        )
-
-    assert limiter.filter(record("a"))
-    assert not any(limiter.filter(record("a")) for _ in range(50))
-    assert limiter.filter(record("b"))  # another message is not held back
-    time.sleep(0.25)
-    later = record("a")
-    assert limiter.filter(later)
-    assert later.getMessage() == "Topic a not found (50 more like this in the last 0.2s)"
 
 
 def catch_unclosed() -> list[dict[str, Any]]:
