@@ -59,7 +59,7 @@ def _wait_gone(pid: int) -> bool:
 @pytest.mark.integration
 def test_stop_group_stops_the_leader_and_its_workers() -> None:
     proc, worker = _spawn()
-    stop_group(proc, timeout=10)
+    stop_group(proc, timeout=60)  # generous: a busy 2-core machine must not turn it into a kill
     assert proc.returncode == 0  # SIGTERM reached the leader first, which exited cleanly
     assert _wait_gone(worker)
 
