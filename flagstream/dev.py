@@ -1,9 +1,15 @@
-"""``flagstream dev``: the publisher and a relay in one process, in memory, on one port.
+"""``flagstream dev``: the publisher and a relay in one process, on one port, no services.
 
-No Kafka, no Redis: the publisher writes to a ``MemoryStore`` and a ``MemoryLog``, the relay
-reads the same log. Everything above those two interfaces — the publisher's API, validation,
-versioning and outbox forwarder; the relay's follower, state, resumption and fan-out — is the
-production code. Nothing survives the process.
+No Kafka, no Redis: the publisher writes to an embedded store and log, the relay reads the
+same log. By default they are the SQLite backends of ``flagstream.embedded`` in a data
+directory (``./.flagstream``, ``--data-dir``), so a restart keeps environments, SDK keys,
+flags, segments, audit, API tokens and stream positions (an SDK that reconnects with
+``Last-Event-ID`` resumes without a ``put``), the admin token generated on the first start
+(``admin-token`` in the data directory, mode 0600) and the demo SDK key; the demo data is
+seeded only on the first start. ``--ephemeral`` uses ``MemoryStore`` and ``MemoryLog``
+instead and keeps nothing. Everything above those interfaces — the publisher's API,
+validation, versioning and outbox forwarder; the relay's follower, state, resumption and
+fan-out, on the relay's lean (detached) stream path — is the production code.
 
 One port serves both apps (default 127.0.0.1:8030):
 
@@ -16,10 +22,12 @@ One port serves both apps (default 127.0.0.1:8030):
   registries, one after the other (their names do not overlap:
   ``flagstream_relay_*``, ``flagstream_publisher_*``).
 
-At start it seeds a demo environment with a few flags and a segment through the publisher's
-own HTTP API (the same code path as any operator's write), then prints the admin token, the
-demo SDK key, a ``curl -N`` line that shows the live stream and the ``flagstream admin``
-line that toggles a flag. Ctrl-C (or SIGTERM) closes the streams and stops.
+On its first start it seeds a demo environment with a few flags and a segment through the
+publisher's own HTTP API (the same code path as any operator's write); every start prints the
+admin token, the demo SDK key, a ``curl -N`` line that shows the live stream and the
+``flagstream admin`` line that toggles a flag. Ctrl-C (or SIGTERM) closes the streams and
+stops. A data directory that is in use by another process, damaged or not writable stops
+the start with one line naming the fix.
 """
 
 from __future__ import annotations
@@ -40,28 +48,32 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRuleMatching, MatchedSubAppResource
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flagstream.embedded import DataDirError, Embedded, open_embedded
 from flagstream.memlog import MemoryLog
 from publisher.app import METRICS as PUBLISHER_METRICS
 from publisher.app import PUBLISHER
 from publisher.app import build_app as build_publisher_app
 from publisher.config import PublisherSettings
+from publisher.log import RecordLog
 from publisher.memory_store import MemoryStore
-from publisher.store import StoreUnavailable
+from publisher.store import Store, StoreUnavailable
 from relay.app import STATE_KEY
 from relay.app import build_app as build_relay_app
 from relay.config import RelaySettings
 from relay.hub import Hub
 from relay.metrics import RelayMetrics
+from relay.source import RecordSource
 
-__all__ = ["DEMO_ENV", "DevServer", "build_dev_app", "main", "running", "seed"]
+__all__ = ["DEMO_ENV", "DevServer", "DevSettings", "build_dev_app", "main", "running", "seed"]
 
 log = logging.getLogger("flagstream.dev")
 
@@ -69,6 +81,33 @@ DEMO_ENV = "demo"
 TOGGLE_FLAG = "new-checkout"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8030
+ADMIN_TOKEN_FILE = "admin-token"
+DEMO_KEY_FILE = "demo-sdk-key"
+_SEEDED = "demo_seeded"  # meta entry set once the demo data is complete
+
+
+class DevSettings(BaseSettings):
+    """Where ``flagstream dev`` keeps its data (its listen address is ``--host``/``--port``)."""
+
+    model_config = SettingsConfigDict(env_prefix="FLAGSTREAM_DEV_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path(".flagstream"),
+        description="directory of the embedded SQLite store and log, the generated admin "
+        "token and the demo SDK key (created 0700; one process at a time)",
+    )
+    ephemeral: bool = Field(
+        default=False,
+        description="keep nothing: in-memory store and log, a new admin token and SDK key "
+        "on every start",
+    )
+
+
+class EmbeddedLog(RecordLog, Protocol):
+    """A publisher ``RecordLog`` that also hands out relay ``RecordSource`` readers."""
+
+    def source(self) -> RecordSource: ...
+
 
 _RELAY_APP = web.AppKey("dev_relay_app", web.Application)
 _PUBLISHER_APP = web.AppKey("dev_publisher_app", web.Application)
@@ -166,12 +205,17 @@ async def _index(request: web.Request) -> web.Response:
 def build_dev_app(
     relay_settings: RelaySettings,
     publisher_settings: PublisherSettings,
-    log: MemoryLog,
-    store: MemoryStore,
+    log: EmbeddedLog,
+    store: Store,
 ) -> web.Application:
-    """The relay and the publisher over ``log`` and ``store``, as one aiohttp application."""
+    """The relay and the publisher over ``log`` and ``store``, as one aiohttp application.
+
+    Whoever serves it must ``drain()`` the hub before stopping the runner: streams are
+    detached from aiohttp once set up (the relay's lean path, ``relay.stream``).
+    """
     metrics = RelayMetrics()
     hub = Hub(relay_settings, metrics)
+    hub.detach = True  # aiohttp frees its per-request objects: ~2 KB per idle stream, not ~12
     relay_app = build_relay_app(relay_settings, log.source(), metrics=metrics, hub=hub)
     publisher_app = build_publisher_app(publisher_settings, store, log)
     root = web.Application(
@@ -253,22 +297,47 @@ class SeedError(RuntimeError):
 
 async def seed(session: aiohttp.ClientSession, url: str, admin_token: str) -> str:
     """Create the demo environment, its segment and flags via the API; return its SDK key."""
-    headers = {"Authorization": f"Bearer {admin_token}", "X-Change-Comment": "flagstream dev seed"}
-    api = f"{url}/api/v1/environments"
+    client = _SeedClient(session, url, admin_token)
+    sdk_key = await client.create_environment()
+    await client.put_missing_items()
+    return sdk_key
 
-    async def call(method: str, path: str, body: Any) -> Any:
-        async with session.request(method, api + path, json=body, headers=headers) as resp:
+
+class _SeedClient:
+    """The publisher API calls of the seed (resumable: items are written only if missing)."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, admin_token: str) -> None:
+        self.session = session
+        self.api = f"{url}/api/v1/environments"
+        self.headers = {
+            "Authorization": f"Bearer {admin_token}",
+            "X-Change-Comment": "flagstream dev seed",
+        }
+
+    async def call(self, method: str, path: str, body: Any = None, *, ok: tuple[int, ...]) -> Any:
+        async with self.session.request(
+            method, self.api + path, json=body, headers=self.headers
+        ) as resp:
             payload = await resp.json(content_type=None)
-            if resp.status not in (200, 201):
+            if resp.status not in ok:
                 raise SeedError(f"{method} {path or '/'}: {resp.status} {payload}")
-            return payload
+            return payload if resp.status < 300 else None
 
-    created = await call("POST", "", {"key": DEMO_ENV, "name": "Demo environment"})
-    for segment in SEED_SEGMENTS:
-        await call("PUT", f"/{DEMO_ENV}/segments/{segment['key']}", segment)
-    for flag in SEED_FLAGS:
-        await call("PUT", f"/{DEMO_ENV}/flags/{flag['key']}", flag)
-    return str(created["sdkKey"])
+    async def environment_exists(self) -> bool:
+        return await self.call("GET", f"/{DEMO_ENV}", ok=(200, 404)) is not None
+
+    async def create_environment(self) -> str:
+        created = await self.call(
+            "POST", "", {"key": DEMO_ENV, "name": "Demo environment"}, ok=(200, 201)
+        )
+        return str(created["sdkKey"])
+
+    async def put_missing_items(self) -> None:
+        for kind, items in (("segments", SEED_SEGMENTS), ("flags", SEED_FLAGS)):
+            for item in items:
+                path = f"/{DEMO_ENV}/{kind}/{item['key']}"
+                if await self.call("GET", path, ok=(200, 404)) is None:
+                    await self.call("PUT", path, item, ok=(200, 201))
 
 
 # --- running -----------------------------------------------------------------------------
@@ -282,11 +351,13 @@ class DevServer:
     host: str
     port: int
     admin_token: str
-    sdk_key: str | None  # None when started with seed_demo=False
-    log: MemoryLog
-    store: MemoryStore
+    sdk_key: str | None  # None when started with seed_demo=False (or its key file was lost)
+    log: EmbeddedLog
+    store: Store
     app: web.Application
     hub: Hub
+    data_dir: Path | None = None  # None: ephemeral (in memory)
+    token_saved: bool = False  # the admin token was generated and kept in data_dir
 
     @property
     def relay_app(self) -> web.Application:
@@ -312,6 +383,63 @@ class DevStartError(Exception):
     """A start-up failure with a one-line message for the user (e.g. port in use)."""
 
 
+@dataclass
+class _Backends:
+    """The store and log ``running`` serves, and what it needs to close them."""
+
+    store: Store
+    log: EmbeddedLog
+    embedded: Embedded | None = None
+
+    async def close(self) -> None:
+        await self.store.close()
+        if self.embedded is not None:
+            await self.embedded.close()
+
+
+async def _open_backends(
+    data_dir: Path | None, partitions: int, publisher_settings: PublisherSettings
+) -> _Backends:
+    audit_max = publisher_settings.audit_max_entries
+    if data_dir is None:
+        return _Backends(MemoryStore(audit_max_entries=audit_max), MemoryLog(partitions=partitions))
+    embedded = await open_embedded(data_dir, partitions=partitions, audit_max_entries=audit_max)
+    return _Backends(embedded.store, embedded.log, embedded)
+
+
+def _admin_token(given: str | None, embedded: Embedded | None) -> tuple[str, bool]:
+    """The admin token to use and whether it is the one kept in the data directory."""
+    if given:
+        return given, False
+    if embedded is None:
+        return secrets.token_urlsafe(24), False
+    kept = embedded.datadir.read_secret(ADMIN_TOKEN_FILE)
+    if kept is None:
+        kept = secrets.token_urlsafe(24)
+        embedded.datadir.write_secret(ADMIN_TOKEN_FILE, kept)
+    return kept, True
+
+
+async def _seed_once(url: str, token: str, embedded: Embedded | None) -> str | None:
+    """Seed the demo data unless this data directory already has it; the demo SDK key."""
+    async with aiohttp.ClientSession() as session:
+        if embedded is None:
+            return await seed(session, url, token)
+        datadir = embedded.datadir
+        if await embedded.get_meta(_SEEDED) == "1":
+            return datadir.read_secret(DEMO_KEY_FILE)
+        # Resumable: a first start that stopped half-way through the seed goes on from there.
+        client = _SeedClient(session, url, token)
+        if await client.environment_exists():
+            sdk_key = datadir.read_secret(DEMO_KEY_FILE)
+        else:
+            sdk_key = await client.create_environment()
+            datadir.write_secret(DEMO_KEY_FILE, sdk_key)
+        await client.put_missing_items()
+        await embedded.set_meta(_SEEDED, "1")
+        return sdk_key
+
+
 @contextlib.asynccontextmanager
 async def running(
     *,
@@ -322,59 +450,69 @@ async def running(
     relay_overrides: dict[str, Any] | None = None,
     publisher_overrides: dict[str, Any] | None = None,
     partitions: int = 6,
+    data_dir: Path | None = None,
 ) -> AsyncIterator[DevServer]:
-    """Serve the embedded default until the block exits; ``port=0`` picks a free port.
+    """Serve the embedded mode until the block exits; ``port=0`` picks a free port.
 
-    Settings come from the ``FLAGSTREAM_*`` environment like the real services', with
-    ``host``/``port`` and the overrides on top (tests use them for short timeouts).
+    ``data_dir=None`` keeps everything in memory (``--ephemeral``); a directory keeps the
+    data there (``DataDirError`` if it cannot be used). Settings come from the
+    ``FLAGSTREAM_*`` environment like the real services', with ``host``/``port`` and the
+    overrides on top (tests use them for short timeouts).
     """
-    token = admin_token or secrets.token_urlsafe(24)
     relay_settings = RelaySettings(
         **{"host": host, "port": port, "workers": 1, **(relay_overrides or {})}
     )
-    publisher_settings = PublisherSettings(**{"admin_token": token, **(publisher_overrides or {})})
-    memlog = MemoryLog(partitions=partitions)
-    store = MemoryStore(audit_max_entries=publisher_settings.audit_max_entries)
-    app = build_dev_app(relay_settings, publisher_settings, memlog, store)
-    hub = app[_HUB]
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
+    # Validated with a placeholder first: the token may come from the data directory.
+    probe = PublisherSettings(
+        **{"admin_token": admin_token or "x" * 32, **(publisher_overrides or {})}
+    )
+    backends = await _open_backends(data_dir, partitions, probe)
     try:
-        site = web.TCPSite(runner, host, port)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise DevStartError(
-                f"cannot listen on {host}:{port}: {exc.strerror or exc} {_listen_hint(exc, host)}"
-            ) from None
-        bound_host, bound_port = runner.addresses[0][:2]
-        url = f"http://{_url_host(bound_host)}:{bound_port}"
-        sdk_key: str | None = None
-        if seed_demo:
-            async with aiohttp.ClientSession() as session:
-                sdk_key = await seed(session, url, token)
-        # The relay reads the seed from the log within milliseconds; wait so the printed
-        # curl line gets the flags, not a 503.
-        state = app[_RELAY_APP][STATE_KEY]
-        await asyncio.wait_for(state.ready_event.wait(), 30)
-        yield DevServer(
-            url=url,
-            host=str(bound_host),
-            port=int(bound_port),
-            admin_token=token,
-            sdk_key=sdk_key,
-            log=memlog,
-            store=store,
-            app=app,
-            hub=hub,
+        token, token_saved = _admin_token(admin_token, backends.embedded)
+        publisher_settings = PublisherSettings(
+            **{"admin_token": token, **(publisher_overrides or {})}
         )
+        app = build_dev_app(relay_settings, publisher_settings, backends.log, backends.store)
+        hub = app[_HUB]
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise DevStartError(
+                    f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                    f"{_listen_hint(exc, host)}"
+                ) from None
+            bound_host, bound_port = runner.addresses[0][:2]
+            url = f"http://{_url_host(bound_host)}:{bound_port}"
+            sdk_key = await _seed_once(url, token, backends.embedded) if seed_demo else None
+            # The relay reads the seed from the log within milliseconds; wait so the printed
+            # curl line gets the flags, not a 503.
+            state = app[_RELAY_APP][STATE_KEY]
+            await asyncio.wait_for(state.ready_event.wait(), 30)
+            yield DevServer(
+                url=url,
+                host=str(bound_host),
+                port=int(bound_port),
+                admin_token=token,
+                sdk_key=sdk_key,
+                log=backends.log,
+                store=backends.store,
+                app=app,
+                hub=hub,
+                data_dir=data_dir,
+                token_saved=token_saved,
+            )
+        finally:
+            # Close the SSE streams first (detached: the hub owns them; their clients
+            # reconnect), then stop the apps (forwarder, follower), then the backends.
+            with contextlib.suppress(Exception):
+                await hub.drain(0.0)
+            await runner.cleanup()
     finally:
-        # Close the SSE streams first (their clients reconnect), or the runner would wait
-        # for them until its shutdown timeout.
-        with contextlib.suppress(Exception):
-            await hub.drain(0.0)
-        await runner.cleanup()
-        await store.close()
+        await backends.close()
 
 
 def _url_host(host: str) -> str:
@@ -385,21 +523,29 @@ def banner(server: DevServer, *, token_from_env: bool) -> str:
     """What ``flagstream dev`` prints at start: where things are and what to type next."""
     url = server.url
     key = server.sdk_key or "sdk-..."
-    token_note = (
-        "from FLAGSTREAM_ADMIN_TOKEN"
-        if token_from_env
-        else "generated; set FLAGSTREAM_ADMIN_TOKEN to choose one"
-    )
+    if token_from_env:
+        token_note = "from FLAGSTREAM_ADMIN_TOKEN"
+    elif server.token_saved and server.data_dir is not None:
+        token_note = f"kept in {server.data_dir / ADMIN_TOKEN_FILE}"
+    else:
+        token_note = "generated; set FLAGSTREAM_ADMIN_TOKEN to choose one"
+    if server.data_dir is None:
+        first = "flagstream dev: publisher + relay in one process, in memory (nothing is saved)"
+    else:
+        first = (
+            f"flagstream dev: publisher + relay in one process, data in {server.data_dir} "
+            "(kept across restarts; --ephemeral keeps nothing)"
+        )
     admin = admin_command(server, TOGGLE_FLAG)
     return "\n".join(
         [
-            "flagstream dev: publisher + relay in one process, in memory (nothing is saved)",
+            first,
             "",
             f"  relay for SDKs   {url}   (/all, /flags, /sdk/latest-all, /status)",
             f"  publisher API    {url}/api/v1   (OpenAPI: {url}/openapi.json)",
             f"  admin token      {server.admin_token}   ({token_note})",
             f'  SDK key          {key}   (environment "{DEMO_ENV}")',
-            "  flags            " + ", ".join(f["key"] for f in SEED_FLAGS),
+            "  demo flags       " + ", ".join(f["key"] for f in SEED_FLAGS),
             "",
             "Watch the live stream (in another terminal):",
             f"  curl -N -H 'Authorization: {key}' {url}/all",
@@ -449,8 +595,9 @@ def flagstream_command() -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flagstream dev",
-        description="Publisher and relay in one process over an in-memory log and store, "
-        "seeded with a demo environment. No Kafka or Redis needed; nothing is saved.",
+        description="Publisher and relay in one process over an embedded store and log, "
+        "seeded with a demo environment on the first start. No Kafka or Redis needed; the "
+        "data is kept in a directory (--data-dir) unless --ephemeral.",
     )
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind (%(default)s)")
     parser.add_argument(
@@ -462,6 +609,22 @@ def _parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level of the components (%(default)s)",
     )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--data-dir",
+        dest="data_dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep the data in DIR (env FLAGSTREAM_DEV_DATA_DIR; default ./.flagstream)",
+    )
+    where.add_argument(
+        "--ephemeral",
+        dest="ephemeral",
+        action="store_true",
+        default=None,
+        help="keep nothing: in-memory store and log (env FLAGSTREAM_DEV_EPHEMERAL)",
+    )
     return parser
 
 
@@ -472,6 +635,7 @@ def _format_validation(exc: ValidationError) -> list[str]:
     classes: dict[str, type[Any]] = {
         "RelaySettings": RelaySettings,
         "PublisherSettings": PublisherSettings,
+        "DevSettings": DevSettings,
     }
     cls = classes.get(exc.title)
     lines = []
@@ -484,9 +648,21 @@ def _format_validation(exc: ValidationError) -> list[str]:
     return lines
 
 
+def dev_settings(args: argparse.Namespace) -> DevSettings:
+    """``FLAGSTREAM_DEV_*`` with the command line on top."""
+    flags = {name: getattr(args, name) for name in DevSettings.model_fields}
+    return DevSettings(**{name: value for name, value in flags.items() if value is not None})
+
+
 async def _serve(args: argparse.Namespace, stop: Callable[[], Awaitable[object]]) -> int:
     env_token = os.environ.get("FLAGSTREAM_ADMIN_TOKEN") or None
-    async with running(host=args.host, port=args.port, admin_token=env_token) as server:
+    settings = dev_settings(args)
+    async with running(
+        host=args.host,
+        port=args.port,
+        admin_token=env_token,
+        data_dir=None if settings.ephemeral else settings.data_dir,
+    ) as server:
         print(banner(server, token_from_env=env_token is not None), flush=True)
         await stop()
         print("\nflagstream dev: stopping", flush=True)
@@ -519,7 +695,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in _format_validation(exc):
             print(line, file=sys.stderr)
         return 2
-    except DevStartError as exc:
+    except (DevStartError, DataDirError) as exc:
         print(f"flagstream dev: {exc}", file=sys.stderr)
         return 2
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from embedded_support import embedded_store
 from publisher_support import (
     NO_KAFKA,
     PARTITIONS,
@@ -44,9 +45,13 @@ async def _close(store: Store) -> None:
         await store.close()
 
 
-@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.integration), "memory"])
+@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.integration), "memory", "sqlite"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    """Each store test runs on both Store implementations (same semantics)."""
+    """Each store test runs on every Store implementation (same semantics)."""
+    if request.param == "sqlite":  # flagstream.embedded (issue 17)
+        async with embedded_store(request.getfixturevalue("tmp_path")) as sqlite_store:
+            yield sqlite_store
+        return
     s: Store = MemoryStore() if request.param == "memory" else await _redis_store(request)
     try:
         yield s
