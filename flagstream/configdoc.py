@@ -64,6 +64,13 @@ SERVICES: tuple[Service, ...] = (
         flags="relay.cli:build_parser",
         computed_defaults=(("workers", "number of CPUs"),),
     ),
+    Service(
+        title="Embedded mode",
+        command="flagstream dev",
+        settings="flagstream.dev:DevSettings",
+        intro="Publisher and relay in one process over the embedded SQLite store and log.",
+        flags="flagstream.dev:_parser",
+    ),
 )
 
 HEADER = """\
@@ -80,10 +87,11 @@ shared by the publisher and the relays (`FLAGSTREAM_KAFKA_BOOTSTRAP`, `FLAGSTREA
 carry no service prefix, so one environment file can configure both. Variable names are
 case-insensitive.
 
-`flagstream dev` (the embedded mode) takes `--host`, `--port` and `--log-level`, uses
-`FLAGSTREAM_ADMIN_TOKEN` if set (else it generates a token), and honours the relay's and the
-publisher's other variables below where they apply in memory (e.g.
-`FLAGSTREAM_RELAY_HEARTBEAT_INTERVAL`); it ignores the Kafka and Redis settings. See
+`flagstream dev` (the embedded mode) takes `--host`, `--port` and `--log-level` and the
+settings of its own section below (where it keeps its data), uses `FLAGSTREAM_ADMIN_TOKEN` if
+set (else the token it generated on its first start and kept in the data directory), and
+honours the relay's and the publisher's other variables below where they apply embedded
+(e.g. `FLAGSTREAM_RELAY_HEARTBEAT_INTERVAL`); it ignores the Kafka and Redis settings. See
 [operations.md](operations.md) for what the settings mean in production.
 """
 

@@ -81,7 +81,6 @@ async def open_embedded(
     db = Database(datadir.db_path)
     try:
         await db.open()
-        datadir.db_path.chmod(0o600)
         store = SQLiteStore(db, audit_max_entries=audit_max_entries)
         await store.open()
         log = SQLiteLog(db, partitions=partitions)

@@ -86,10 +86,12 @@ class DataDir:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
+        # SQLite creates the database with the process's umask and gives its -wal/-shm files
+        # the database's mode: create it 0600 first (an empty file is a valid new database).
+        os.close(os.open(self.db_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         for existing in (self.db_path, lock_path):
             with contextlib.suppress(OSError):
-                if existing.exists():
-                    existing.chmod(0o600)
+                existing.chmod(0o600)
 
     def close(self) -> None:
         fd, self._lock_fd = self._lock_fd, None

@@ -212,7 +212,7 @@ def _busy_port() -> socket.socket:
 def test_port_in_use_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
     with _busy_port() as sock:
         port = sock.getsockname()[1]
-        assert dev.main(["--port", str(port)]) == 2
+        assert dev.main(["--port", str(port), "--ephemeral"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
     assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
@@ -222,12 +222,12 @@ def test_invalid_environment_setting_is_a_clear_error(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FLAGSTREAM_RELAY_HEARTBEAT_INTERVAL", "-1")
-    assert dev.main(["--port", "0"]) == 2
+    assert dev.main(["--port", "0", "--ephemeral"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("flagstream dev: invalid FLAGSTREAM_RELAY_HEARTBEAT_INTERVAL: ")
     monkeypatch.delenv("FLAGSTREAM_RELAY_HEARTBEAT_INTERVAL")
     monkeypatch.setenv("FLAGSTREAM_ADMIN_TOKEN", "short")
-    assert dev.main(["--port", "0"]) == 2
+    assert dev.main(["--port", "0", "--ephemeral"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("flagstream dev: invalid FLAGSTREAM_ADMIN_TOKEN: ")
     assert err.count("\n") == 1
@@ -250,7 +250,7 @@ async def _read_banner(proc: asyncio.subprocess.Process) -> str:
 
 @pytest.mark.e2e
 async def test_dev_command_stream_shows_toggle_made_with_printed_admin_line(
-    session: aiohttp.ClientSession,
+    session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLAGSTREAM_")}
     proc = await asyncio.create_subprocess_exec(
@@ -260,7 +260,8 @@ async def test_dev_command_stream_shows_toggle_made_with_printed_admin_line(
         "dev",
         "--port",
         "0",
-        cwd=REPO,
+        "--ephemeral",
+        cwd=tmp_path,
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,

@@ -13,7 +13,7 @@ from flagstream import dev
 def test_bad_host_is_not_blamed_on_another_instance(
     capsys: pytest.CaptureFixture[str], host: str
 ) -> None:
-    assert dev.main(["--host", host, "--port", "0"]) == 2
+    assert dev.main(["--host", host, "--port", "0", "--ephemeral"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "Traceback" not in err
     assert f"cannot listen on {host}:0" in err
@@ -26,6 +26,6 @@ def test_port_in_use_keeps_the_other_instance_hint(capsys: pytest.CaptureFixture
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        assert dev.main(["--port", str(port)]) == 2
+        assert dev.main(["--port", str(port), "--ephemeral"]) == 2
     err = capsys.readouterr().err.strip()
     assert "is another flagstream dev running? choose another --port" in err
