@@ -71,6 +71,7 @@ from relay.app import build_app as build_relay_app
 from relay.config import RelaySettings
 from relay.hub import Hub
 from relay.metrics import RelayMetrics
+from relay.server import observe_relay
 from relay.source import RecordSource
 
 __all__ = ["DEMO_ENV", "DevServer", "DevSettings", "build_dev_app", "main", "running", "seed"]
@@ -217,6 +218,7 @@ def build_dev_app(
     hub = Hub(relay_settings, metrics)
     hub.detach = True  # aiohttp frees its per-request objects: ~2 KB per idle stream, not ~12
     relay_app = build_relay_app(relay_settings, log.source(), metrics=metrics, hub=hub)
+    observe_relay(relay_app[STATE_KEY], hub, metrics)
     publisher_app = build_publisher_app(publisher_settings, store, log)
     root = web.Application(
         handler_args={

@@ -1,16 +1,42 @@
-"""Prometheus metrics of one relay process.
+"""Prometheus metrics of a relay: one class of metrics, per worker and for the process group.
 
 Every ``RelayMetrics`` owns its own ``CollectorRegistry`` (never the global default one), so
 tests can build several relays in one process and each ``/metrics`` shows only its own.
 Names carry units, counters end in ``_total``, latencies are histograms. No label ever holds
 a flag key, an environment's SDK key or any other secret; the only labels are small closed
 sets (close reasons, endpoints, status codes).
+
+Process group (``flagstream relay --workers N``, N > 1): the supervisor calls
+``enable_process_group_metrics(directory)`` before it forks, which switches
+prometheus-client to its multiprocess mode: every worker's values live in memory-mapped
+files in that directory, and ``render()`` of any worker answers for the whole group
+(``MultiProcessCollector``: counters and histograms summed over every worker that ever ran,
+so they never go back when a worker is restarted; each gauge aggregated over the live
+workers as its ``multiprocess_mode`` says). ``render_worker()`` is the answering worker's
+own view (``GET /metrics/worker``). So: **every Gauge names its ``multiprocess_mode``**
+(``livesum`` for counts of things a worker holds, ``livemax``/``livemin`` for states), and
+a value computed on demand (``set_function``, ``refreshers``) is written into the worker's
+file by ``refresh()``, which the worker runs every second and before each scrape.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+__all__ = [
+    "CONTENT_TYPE",
+    "PREFIX",
+    "RelayMetrics",
+    "enable_process_group_metrics",
+    "forget_worker",
+    "process_group_directory",
+]
 
 PREFIX = "flagstream_relay_"
 
@@ -35,16 +61,68 @@ _DELAY_BUCKETS = (
 )
 
 
+# The multiprocess directory of this process group, once enabled (inherited by forked workers).
+_group_directory: Path | None = None
+
+
+def enable_process_group_metrics(directory: Path) -> None:
+    """Keep the metrics of this process and of the processes it forks in ``directory``.
+
+    Call it before any ``RelayMetrics`` is built in this process (the supervisor does, before
+    forking its workers); ``directory`` must be empty and private to this process group.
+    """
+    global _group_directory
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    # prometheus-client chooses its value class when it is imported; this is the same choice
+    # made later, for a process that imported it before the directory existed.
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+    _group_directory = directory
+
+
+def process_group_directory() -> Path | None:
+    return _group_directory
+
+
+def forget_worker(pid: int) -> None:
+    """A worker exited: its live gauges (streams it held, its state) leave the group view."""
+    if _group_directory is not None:
+        mark_process_dead(pid, str(_group_directory))  # type: ignore[no-untyped-call]
+
+
+class _SampledGauge(Gauge):
+    """A gauge whose ``set_function`` value ``refresh()`` also writes into the shared file."""
+
+    _sample: Callable[[], float] | None = None
+
+    def set_function(self, f: Callable[[], float]) -> None:
+        self._sample = f
+        super().set_function(f)
+
+    def refresh(self) -> None:
+        if self._sample is not None:
+            self.set(float(self._sample()))
+
+
 class RelayMetrics:
     """The relay's metrics. Attribute names are part of the relay-core / fan-out contract."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        # Called by refresh(): set gauges whose value is computed on demand (e.g. lag).
+        self.refreshers: list[Callable[[], None]] = []
         r = self.registry
         p = PREFIX
 
         # --- connections (updated by the hub) --------------------------------------------
-        self.connections = Gauge(p + "connections", "Open SSE streams", registry=r)
+        self.connections = Gauge(
+            p + "connections", "Open SSE streams", registry=r, multiprocess_mode="livesum"
+        )
+        self.max_connections = Gauge(
+            p + "max_connections",
+            "Streams accepted before new ones are answered 503 (process group: all workers)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.connections_opened_total = Counter(
             p + "connections_opened", "SSE streams opened", registry=r
         )
@@ -102,6 +180,7 @@ class RelayMetrics:
             p + "consumer_lag_records",
             "Records between this relay's position and the last known high watermarks",
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.records_consumed_total = Counter(
             p + "records_consumed", "Kafka records read", registry=r
@@ -117,13 +196,29 @@ class RelayMetrics:
         self.records_skipped_total = Counter(
             p + "records_skipped", "Undecodable or invalid records skipped", registry=r
         )
-        self.environments = Gauge(p + "environments", "Environments held in memory", registry=r)
-        self.items = Gauge(p + "items", "Flags and segments held (tombstones included)", registry=r)
-        self.ready = Gauge(
-            p + "ready", "1 once the bootstrap read reached the watermarks", registry=r
+        self.environments = Gauge(
+            p + "environments",
+            "Environments held in memory",
+            registry=r,
+            multiprocess_mode="livemax",
         )
-        self.stale = Gauge(
-            p + "stale", "1 while Kafka is unreachable and the state may be old", registry=r
+        self.items = Gauge(
+            p + "items",
+            "Flags and segments held (tombstones included)",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.ready = Gauge(
+            p + "ready",
+            "1 once the bootstrap read reached the watermarks (process group: every worker)",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.stale = _SampledGauge(
+            p + "stale",
+            "1 while Kafka is unreachable and the state may be old (process group: any worker)",
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.source_reconnects_total = Counter(
             p + "source_reconnects", "Times the Kafka source was (re)started", registry=r
@@ -132,8 +227,43 @@ class RelayMetrics:
             p + "last_record_age_seconds",
             "Age of the newest applied record's publish timestamp at the time it was applied",
             registry=r,
+            multiprocess_mode="livemax",
         )
 
+        # Series of closed label sets start at 0, so a rate() has a start and the group view
+        # (which only shows series some worker wrote) names them before the first event.
+        for reason in ("unauthorized", "not_ready", "full", "behind"):
+            self.connections_rejected_total.labels(reason=reason)
+        for code in ("200", "304"):
+            self.polling_requests_total.labels(code=code)
+
+        # --- process (set by relay.server) ----------------------------------------------
+        self.worker_info = Gauge(
+            p + "worker_info",
+            "The relay worker processes answering (value 1 each)",
+            ["worker", "pid"],
+            registry=r,
+            # One series per live worker. (The group view labels "all" gauges with the pid of
+            # the file they come from: the same value as this label.)
+            multiprocess_mode="liveall",
+        )
+
+    def refresh(self) -> None:
+        """Bring on-demand values up to date (into the group's files in a process group)."""
+        for refresher in self.refreshers:
+            refresher()
+        self.stale.refresh()
+
     def render(self) -> bytes:
-        """The Prometheus text exposition of this relay's registry."""
+        """The Prometheus text exposition: the whole process group if there is one."""
+        self.refresh()
+        if _group_directory is None:
+            return generate_latest(self.registry)
+        group = CollectorRegistry()
+        MultiProcessCollector(group, path=str(_group_directory))  # type: ignore[no-untyped-call]
+        return generate_latest(group)
+
+    def render_worker(self) -> bytes:
+        """The Prometheus text exposition of this worker process alone."""
+        self.refresh()
         return generate_latest(self.registry)

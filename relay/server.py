@@ -28,25 +28,43 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import resource
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import Gauge
 
 from relay.hub import Hub
+from relay.metrics import (
+    CONTENT_TYPE,
+    RelayMetrics,
+    enable_process_group_metrics,
+    forget_worker,
+)
 
 if TYPE_CHECKING:
     from relay.config import RelaySettings
+    from relay.state import State
 
 log = logging.getLogger("flagstream.relay.server")
 
-__all__ = ["listen_socket", "port_in_use", "raise_fd_limit", "run_worker", "serve"]
+__all__ = [
+    "listen_socket",
+    "observe_relay",
+    "port_in_use",
+    "process_group_metrics",
+    "raise_fd_limit",
+    "run_worker",
+    "serve",
+    "setup_worker_metrics",
+]
 
 WORKER_HEADER = "X-Flagstream-Worker"
 # A worker that exits with an error sooner than this after its start is not restarted.
@@ -71,7 +89,8 @@ def serve(settings: RelaySettings) -> int:
             return 2
     if settings.workers <= 1:
         return run_worker(settings, index=0)
-    return _Supervisor(settings).run()
+    with process_group_metrics():
+        return _Supervisor(settings).run()
 
 
 def raise_fd_limit() -> int:
@@ -170,22 +189,13 @@ class _Worker:
         self.hub: Hub | None = None
 
     async def run(self) -> int:
-        from relay.metrics import RelayMetrics
-
         loop = asyncio.get_running_loop()
         self.stop_requested = asyncio.Event()
         metrics = RelayMetrics()
         hub = self.hub = Hub(self.settings, metrics)
         hub.detach = True  # aiohttp frees its per-request objects once a stream is set up
-        # /metrics is per process: say which one (a scrape through the shared port lands on
-        # any worker).
-        Gauge(
-            "flagstream_relay_worker_info",
-            "This relay worker process (value 1)",
-            ["worker", "pid"],
-            registry=metrics.registry,
-        ).labels(worker=str(self.index), pid=str(os.getpid())).set(1)
         app = _default_app(self.settings, hub)  # its /readyz answers 503 once hub drains
+        setup_worker_metrics(app, hub, self.index)
         identity = f"{self.index}/{os.getpid()}"
 
         async def tag(request: web.Request, response: web.StreamResponse) -> None:
@@ -310,6 +320,8 @@ class _Supervisor:
                 if proc.exitcode is None:
                     continue
                 del self.procs[index]
+                if proc.pid is not None:
+                    forget_worker(proc.pid)  # its streams and state leave /metrics
                 code = proc.exitcode
                 if self.stopping is not None:
                     if code != 0:
@@ -342,3 +354,62 @@ def _worker_entry(settings: RelaySettings, index: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     code = run_worker(settings, index=index)
     sys.exit(code)
+
+
+# --- metrics set-up (process group view, per-worker view) -----------------------------------
+
+_METRICS_REFRESH_SECONDS = 1.0
+
+
+@contextlib.contextmanager
+def process_group_metrics() -> Iterator[Path]:
+    """A private directory for the workers' metrics while the supervisor runs (see
+    ``relay.metrics``): every worker's ``/metrics`` then answers for all of them."""
+    directory = Path(tempfile.mkdtemp(prefix="flagstream-relay-metrics-"))
+    enable_process_group_metrics(directory)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def setup_worker_metrics(app: web.Application, hub: Hub, index: int) -> None:
+    """Name this worker in the metrics, keep on-demand values fresh, serve the worker view.
+
+    ``GET /metrics`` is the process group's view (``RelayMetrics.render``);
+    ``GET /metrics/worker`` is the answering worker's own (which one: the
+    ``X-Flagstream-Worker`` header and the ``flagstream_relay_worker_info`` series).
+    """
+    from relay.app import STATE_KEY
+
+    metrics = hub.metrics
+    metrics.worker_info.labels(worker=str(index), pid=str(os.getpid())).set(1)
+    observe_relay(app[STATE_KEY], hub, metrics)
+
+    async def worker_view(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render_worker(), headers={"Content-Type": CONTENT_TYPE})
+
+    app.router.add_get("/metrics/worker", worker_view)
+
+    async def refresh_forever() -> None:
+        # Other workers answer scrapes from this worker's file: keep it current.
+        while True:
+            metrics.refresh()
+            await asyncio.sleep(_METRICS_REFRESH_SECONDS)
+
+    async def refresh_task(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(refresh_forever(), name="relay-metrics-refresh")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.append(refresh_task)
+
+
+def observe_relay(state: State, hub: Hub, metrics: RelayMetrics) -> None:
+    """Gauges read from the relay when metrics are refreshed: lag, the connection limit."""
+    metrics.refreshers.append(lambda: metrics.consumer_lag_records.set(state.lag()))
+    metrics.refreshers.append(
+        lambda: metrics.max_connections.set(float(hub.stats().get("max_connections", 0)))
+    )
