@@ -517,6 +517,29 @@ def test_relay_autoscaling() -> None:
     assert '"^flagstream_relay_connections$"' in (RELAY / "ecs.tf").read_text()
 
 
+def test_relay_scaling_and_alarms_are_per_task_not_per_worker() -> None:
+    """A relay's /metrics answers for all its workers (relay/metrics.py), so neither the
+    scaling target nor the streams alarm is divided by the worker count any more."""
+    relay = load(RELAY)
+    assert "relay_metrics_per_worker" not in relay.variables
+    assert expr(relay.locals()["connections_target"]) == "var.target_connections_per_task"
+    connections = relay.resource("aws_appautoscaling_policy", "connections")
+    (tracking,) = blocks(connections, "target_tracking_scaling_policy_configuration")
+    assert expr(attr(tracking, "target_value")) == "local.connections_target"
+    alarm = relay.resource("aws_cloudwatch_metric_alarm", "near_max_connections")
+    assert expr(attr(alarm, "threshold")) == canon("floor(0.9 * var.max_connections_per_task)")
+    scaling_text = "".join((RELAY / name).read_text() for name in ("autoscaling.tf", "alarms.tf"))
+    assert "relay_workers" not in scaling_text
+
+
+def test_container_commands_are_arguments_of_the_image_entrypoint() -> None:
+    """The Dockerfile's ENTRYPOINT is ``flagstream``: the modules pass only the subcommand."""
+    dockerfile = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["/opt/flagstream/bin/flagstream"]' in dockerfile
+    assert load(RELAY).default("container_command") == ["relay"]
+    assert load(PUBLISHER).default("container_command") == ["publisher"]
+
+
 def test_relay_deployments_never_reduce_capacity() -> None:
     service = load(RELAY).resource("aws_ecs_service", "relay")
     assert attr(service, "deployment_minimum_healthy_percent") == 100

@@ -108,8 +108,8 @@ variable "container_image" {
 
 variable "container_command" {
   type        = list(string)
-  description = "Command that starts the publisher inside the image."
-  default     = ["flagstream", "publisher"]
+  description = "Arguments to the image's entrypoint (`flagstream`, see the repository's Dockerfile) that start the publisher."
+  default     = ["publisher"]
 
   validation {
     condition     = length(var.container_command) >= 1

@@ -37,7 +37,7 @@ resource "aws_cloudwatch_metric_alarm" "near_max_connections" {
   period              = 60
   evaluation_periods  = 3
   comparison_operator = "GreaterThanThreshold"
-  threshold           = floor(0.9 * (var.relay_metrics_per_worker ? var.max_connections_per_task / local.relay_workers : var.max_connections_per_task))
+  threshold           = floor(0.9 * var.max_connections_per_task)
   treat_missing_data  = "notBreaching"
   dimensions = {
     ClusterName = local.cluster_name

@@ -47,12 +47,9 @@ locals {
   # per-task budget is split across the workers.
   max_connections_per_worker = ceil(var.max_connections_per_task / local.relay_workers)
 
-  # What the scaling policy compares the per-task gauge with.
-  connections_target = (
-    var.target_connections_per_task == null ? null :
-    var.relay_metrics_per_worker ? ceil(var.target_connections_per_task / local.relay_workers) :
-    var.target_connections_per_task
-  )
+  # What the scaling policy compares the per-task gauge with. A relay's /metrics answers for
+  # all its workers (relay/metrics.py, process group view), so the gauge is the task's total.
+  connections_target = var.target_connections_per_task
 
   # --- relay configuration (DESIGN.md §8: FLAGSTREAM_* environment) ---------------------------
   relay_environment = merge(

@@ -167,8 +167,8 @@ variable "container_image" {
 
 variable "container_command" {
   type        = list(string)
-  description = "Command that starts the relay inside the image."
-  default     = ["flagstream", "relay"]
+  description = "Arguments to the image's entrypoint (`flagstream`, see the repository's Dockerfile) that start the relay."
+  default     = ["relay"]
 
   validation {
     condition     = length(var.container_command) >= 1
@@ -422,12 +422,6 @@ variable "target_connections_per_task" {
     condition     = var.target_connections_per_task == null || try(var.target_connections_per_task >= 1, false)
     error_message = "target_connections_per_task must be null or at least 1."
   }
-}
-
-variable "relay_metrics_per_worker" {
-  type        = bool
-  description = "True while the relay keeps one metrics registry per worker process (its /metrics then reports the answering worker's streams, not the task total): the scaling target and alarm thresholds are divided by the worker count. Set false once /metrics aggregates all workers."
-  default     = true
 }
 
 variable "target_cpu_percent" {
