@@ -13,7 +13,7 @@ STAMP := $(VENV)/.flagstream-installed
 # directories on sys.path so their helper modules still import by plain name.
 PYTEST_ARGS ?=
 
-.PHONY: help venv stack-up stack-down stack-status browser lint format typecheck tf-check test run
+.PHONY: help venv stack-up stack-down stack-status browser ops-tools image lint format typecheck tf-check test run
 
 help:
 	@echo "make run           run flagstream (embedded mode: publisher + relay, no services)"
@@ -23,6 +23,8 @@ help:
 	@echo "make stack-down    stop them"
 	@echo "make stack-status  show what runs where"
 	@echo "make browser       install chromium if missing (for the examples page test)"
+	@echo "make ops-tools     install prometheus/promtool, mmdebstrap, buildah, podman, runc if missing"
+	@echo "make image         build the container image localhost/flagstream:dev (buildah, no Docker)"
 	@echo "make lint | format | typecheck | tf-check"
 
 venv: $(STAMP)
@@ -74,7 +76,33 @@ browser:
 			echo "error: chromium is missing: apt-get install -y chromium" >&2; exit 1; \
 		fi; }
 
-test: venv stack-up browser lint typecheck tf-check
+# The operability tests (tests/deploy): promtool and a real Prometheus check the alert rules
+# and dashboard; mmdebstrap assembles the image's base from Debian's archive, buildah builds
+# the Dockerfile, podman (with runc) runs it. ~1 min of apt-get on a fresh machine.
+OPS_TOOLS := prometheus promtool mmdebstrap buildah podman runc
+OPS_PACKAGES := prometheus mmdebstrap buildah podman runc
+
+ops-tools:
+	@missing="$$(for t in $(OPS_TOOLS); do command -v $$t >/dev/null || echo $$t; done)"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing $(OPS_PACKAGES) with apt-get (missing: $$(echo $$missing))"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				--no-install-recommends $(OPS_PACKAGES) >/dev/null; \
+		else \
+			echo "error: missing $$(echo $$missing): apt-get install -y $(OPS_PACKAGES)" >&2; exit 1; \
+		fi; \
+	fi
+
+# The image on a base assembled from Debian's archive (docs/operations.md, "Container image").
+image: ops-tools
+	bash deploy/image/build-base.sh localhost/flagstream-base:bookworm
+	buildah bud --format docker --layers=false --isolation chroot \
+		--build-arg BASE_IMAGE=localhost/flagstream-base:bookworm \
+		$$(ca="$${PIP_CERT:-$${REQUESTS_CA_BUNDLE:-}}"; [ -n "$$ca" ] && echo "--secret id=pip-ca,src=$$ca") \
+		-t localhost/flagstream:dev .
+
+test: venv stack-up browser ops-tools lint typecheck tf-check
 	$(BIN)/coverage erase
 	$(BIN)/coverage run -m pytest --import-mode=importlib $(PYTEST_ARGS)
 	$(BIN)/coverage report --include='protocol/*' --fail-under=100

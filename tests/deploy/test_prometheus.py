@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 from prometheus_support import (
     EXAMPLE_CONFIG,
     RULE_TESTS,
@@ -72,10 +73,17 @@ def test_every_alert_of_the_issue_exists_has_a_test_and_a_runbook() -> None:
     assert set(rules) >= ALERTS_IN_THE_ISSUE
     tests = RULE_TESTS.read_text()
     runbooks = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
-    anchors = set(re.findall(r"^#### (Flagstream\w+)", runbooks, re.MULTILINE))
-    for name in rules:
-        assert f"alertname: {name}" in tests, f"{name} has no promtool unit test"
-        assert name in anchors, f"{name} has no runbook section in docs/operations.md"
+    anchors = {h.lower() for h in re.findall(r"^#### (Flagstream\w+)", runbooks, re.MULTILINE)}
+    doc = yaml.safe_load(RULES.read_text())
+    for group in doc["groups"]:
+        for rule in group["rules"]:
+            name = rule["alert"]
+            assert f"alertname: {name}" in tests, f"{name} has no promtool unit test"
+            url = rule["annotations"]["runbook_url"]
+            assert url.startswith("docs/operations.md#"), url
+            assert url.split("#", 1)[1] in anchors, f"{name}: no section for {url}"
+            assert name in runbooks, f"{name} is not named in docs/operations.md"
+    assert {name.lower() for name in ALERTS_IN_THE_ISSUE} <= anchors
 
 
 @pytest.mark.e2e
