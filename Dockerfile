@@ -38,7 +38,8 @@ RUN --mount=type=secret,id=pip-ca,required=false \
 # --- runtime: the base image, the environment, a non-root user ------------------------------
 FROM ${BASE_IMAGE}
 ARG FLAGSTREAM_UID=10001
-RUN useradd --system --uid "${FLAGSTREAM_UID}" --user-group --no-log-init \
+RUN groupadd --system --gid "${FLAGSTREAM_UID}" flagstream \
+    && useradd --system --uid "${FLAGSTREAM_UID}" --gid flagstream --no-log-init \
         --home-dir /var/lib/flagstream --create-home --shell /usr/sbin/nologin flagstream \
     && chmod 0700 /var/lib/flagstream
 COPY --from=build /opt/flagstream /opt/flagstream
