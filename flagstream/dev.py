@@ -340,7 +340,7 @@ async def running(
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = _guarded_site(runner, host, port)
         try:
             await site.start()
         except OSError as exc:
@@ -375,6 +375,15 @@ async def running(
             await hub.drain(0.0)
         await runner.cleanup()
         await store.close()
+
+
+def _guarded_site(runner: web.AppRunner, host: str, port: int) -> web.BaseSite:
+    """Accepts with back-off on EMFILE and a connection cap derived from the open-files
+    limit, raised to its hard maximum first (``flagstream.fdlimit``)."""
+    from flagstream.fdlimit import GuardedSite, raise_nofile_limit
+
+    raise_nofile_limit()
+    return GuardedSite(runner, host=host, port=port)
 
 
 def _url_host(host: str) -> str:
