@@ -12,7 +12,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from loadtest.chaos.schedule import FAULT_KINDS
+from loadtest.chaos.schedule import FAULT_KINDS, VARIANTS, is_known
 
 __all__ = ["build_parser", "main"]
 
@@ -32,8 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--faults",
         default="all",
-        help="comma-separated fault kinds, or 'all' (default); e.g. --faults zombie. Kinds: "
-        + ", ".join(FAULT_KINDS),
+        help="comma-separated fault kinds, or 'all' (default); e.g. --faults zombie:held. "
+        "Kinds: "
+        + ", ".join(FAULT_KINDS)
+        + "; variants: "
+        + ", ".join(f"{k}:{v}" for k, vs in VARIANTS.items() for v in vs),
     )
     parser.add_argument("--envs", type=int, default=5, help="environments")
     parser.add_argument("--flags", type=int, default=200, help="flags, spread over the envs")
@@ -52,11 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     kinds = tuple(FAULT_KINDS) if args.faults == "all" else tuple(args.faults.split(","))
-    unknown = [k for k in kinds if k not in FAULT_KINDS]
+    unknown = [k for k in kinds if not is_known(k)]
     if unknown:
         print(
             f"flagstream loadtest chaos: unknown fault kind(s) {', '.join(unknown)}; "
-            f"choose from {', '.join(FAULT_KINDS)}",
+            f"choose from {', '.join(FAULT_KINDS)} (or kind:variant, see --help)",
             file=sys.stderr,
         )
         return 2

@@ -185,7 +185,8 @@ async def run_chaos(opts: ChaosOptions, command: str) -> ChaosResult:
             elapsed = time.monotonic() - phase_start
             if elapsed > opts.duration:
                 break
-            last = fault is schedule[-1] or elapsed + FAULT_KINDS[fault.kind] >= opts.duration
+            cost = FAULT_KINDS[fault.kind]
+            last = fault is schedule[-1] or elapsed + fault.gap + cost >= opts.duration
             _say(opts, f"fault {fault.index + 1}/{len(schedule)}: {fault.describe()}")
             record = await inject(cluster, fault, on_end=stop_writing if last else None)
             records.append(record)
@@ -203,7 +204,7 @@ async def run_chaos(opts: ChaosOptions, command: str) -> ChaosResult:
         final = await _final_state(cluster, setup, opts)
         _say(opts, "waiting for every view to converge")
         polls = await _wait_converged(cluster, setup, ledger, sdks, final, opts)
-        topic_last, topic_max = await _read_topic(cluster)
+        topic_last, topic_max, stale_appends = await _read_topic(cluster)
         await stalled.stop()
         for sdk in sdks:
             sdk.stop()
@@ -286,6 +287,10 @@ async def run_chaos(opts: ChaosOptions, command: str) -> ChaosResult:
             ("regressions", str(len(regressions))),
             ("compacted topic: keys behind Redis", str(topic_behind)),
             ("compacted topic: keys whose last record is not the newest", str(topic_rewound)),
+            (
+                "topic: stale appends (a record older than one before it)",
+                f"{len(stale_appends)} (harmless unless it is a key's last record)",
+            ),
             ("convergence p50", _secs(percentile(times, 50))),
             ("convergence max", _secs(max(times, default=None))),
             (
@@ -317,6 +322,7 @@ async def run_chaos(opts: ChaosOptions, command: str) -> ChaosResult:
             "lost_examples": verdict.lost_examples,
             "not_converged": verdict.not_converged[:20],
             "regressions": regressions_summary(regressions),
+            "stale_appends": stale_appends[:50],
             "secrets_found": secrets_found,
             "rss_bytes": rss,
             "write_outcomes": dict(writers.outcomes),
@@ -544,12 +550,14 @@ async def _wait_converged(
 
 async def _read_topic(
     cluster: Cluster,
-) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
-    """Per flag: the version of its last record (what compaction keeps) and the largest."""
+) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int], list[str]]:
+    """Per flag: the version of its last record (what compaction keeps) and the largest;
+    and every record appended after a newer version of its key (a *stale append*)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     last: dict[tuple[str, str], int] = {}
     largest: dict[tuple[str, str], int] = {}
+    stale: list[str] = []
     consumer = AIOKafkaConsumer(
         bootstrap_servers=cluster.kafka.bootstrap, enable_auto_commit=False, group_id=None
     )
@@ -568,11 +576,16 @@ async def _read_topic(
                     if envelope.kind != "flag":
                         continue
                     item = (envelope.env, envelope.key)
+                    if envelope.version < largest.get(item, 0):
+                        stale.append(
+                            f"{item[0]}/{item[1]} v{envelope.version} at offset {record.offset} "
+                            f"of partition {tp.partition}, after v{largest[item]}"
+                        )
                     last[item] = envelope.version
                     largest[item] = max(largest.get(item, 0), envelope.version)
     finally:
         await consumer.stop()
-    return last, largest
+    return last, largest, stale
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -613,6 +626,7 @@ def _markdown(result: ChaosResult, command: str, started: str) -> str:
         ("Lost (examples)", "lost_examples"),
         ("Regressions (examples)", "regressions"),
         ("Not converged", "not_converged"),
+        ("Stale appends in the topic", "stale_appends"),
     ):
         if result.details.get(key):
             lines += ["", f"{title}:", *(f"- {x}" for x in result.details[key])]

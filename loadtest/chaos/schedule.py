@@ -9,15 +9,16 @@ Rules:
   random, until the expected cost of the faults fills the duration. A schedule has at
   least one fault.
 - Parameters are drawn here too: which relay or worker, how long a cut lasts, whether a cut
-  resets connections or silently drops them, how long a killed relay stays down.
+  resets connections or silently drops them, how long a killed relay stays down. A kind
+  given as ``kind:variant`` (``zombie:held``) always gets that variant.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-__all__ = ["FAULT_KINDS", "Fault", "plan"]
+__all__ = ["FAULT_KINDS", "VARIANTS", "Fault", "is_known", "plan"]
 
 # kind -> expected seconds it takes with its recovery (for filling the duration only)
 FAULT_KINDS: dict[str, float] = {
@@ -54,7 +55,7 @@ def plan(
     seed: int, duration: float, kinds: tuple[str, ...], *, relays: int = 3, worker_relay: int = 2
 ) -> list[Fault]:
     """The fault schedule for ``seed``: faults whose expected cost fills ``duration``."""
-    unknown = [k for k in kinds if k not in FAULT_KINDS]
+    unknown = [k for k in kinds if not is_known(k)]
     if unknown or not kinds:
         raise ValueError(f"unknown fault kinds {unknown}; choose from {', '.join(FAULT_KINDS)}")
     rng = random.Random(seed)
@@ -63,13 +64,28 @@ def plan(
     faults: list[Fault] = []
     spent = 0.0
     while not faults or spent < duration:
-        kind = first.pop(0) if first else rng.choice(kinds)
+        chosen = first.pop(0) if first else rng.choice(kinds)
+        kind, _, forced = chosen.partition(":")
         gap = rng.uniform(2.0, 5.0)
         spent += FAULT_KINDS[kind] + gap
         if faults and spent > duration * 1.1:
             break
-        faults.append(_draw(rng, len(faults), kind, gap, relays, worker_relay))
+        fault = _draw(rng, len(faults), kind, gap, relays, worker_relay)
+        if forced:
+            fault = replace(fault, variant=forced)
+        faults.append(fault)
     return faults
+
+
+VARIANTS = {"relay-cut": ("reset", "blackhole"), "zombie": ("held", "plain")}
+
+
+def is_known(kind: str) -> bool:
+    """``kind`` or ``kind:variant`` (``relay-cut:reset|blackhole``, ``zombie:held|plain``)."""
+    name, sep, variant = kind.partition(":")
+    if name not in FAULT_KINDS:
+        return False
+    return not sep or variant in VARIANTS.get(name, ())
 
 
 def _draw(
