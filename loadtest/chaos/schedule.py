@@ -6,7 +6,8 @@ Rules:
   the schedule is the same, what the system was doing at each instant is not.)
 - Faults run one after another, each followed by its recovery and a pause (``gap``); the
   first round has every allowed kind once in a shuffled order, later rounds draw kinds at
-  random, until the expected cost of the faults fills the duration. A schedule has at
+  random, until the expected cost of the faults fills the duration. The first round is
+  always complete (a short duration still sees every kind once), so a schedule has at
   least one fault.
 - Parameters are drawn here too: which relay or worker, how long a cut lasts, whether a cut
   resets connections or silently drops them, how long a killed relay stays down. A kind
@@ -68,7 +69,7 @@ def plan(
         kind, _, forced = chosen.partition(":")
         gap = rng.uniform(2.0, 5.0)
         spent += FAULT_KINDS[kind] + gap
-        if faults and spent > duration * 1.1:
+        if faults and not first and spent > duration * 1.1 and len(faults) >= len(kinds):
             break
         fault = _draw(rng, len(faults), kind, gap, relays, worker_relay)
         if forced:
