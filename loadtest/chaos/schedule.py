@@ -64,7 +64,7 @@ def plan(
     rng.shuffle(first)
     faults: list[Fault] = []
     spent = 0.0
-    while not faults or spent < duration:
+    while first or spent < duration:
         chosen = first.pop(0) if first else rng.choice(kinds)
         kind, _, forced = chosen.partition(":")
         gap = rng.uniform(2.0, 5.0)
