@@ -9,9 +9,10 @@ Rules:
   older version of a flag the stream holds, or without a flag it holds, or a ``patch`` or
   ``delete`` older than what it holds. Every event is also appended to a compact timeline
   (time, stream, flag, version), saved when the run fails.
-- ``StalledClients`` open streams, read until the first ``put`` and then stop reading, so
-  the relay's buffers toward them fill (the relay must evict them, its memory must stay
-  bounded); every ``cycle`` seconds each reconnects and stalls again.
+- ``StalledClients`` open streams with a small receive window, read until the first
+  ``put`` and then stop reading, so the relay's buffers toward them fill (the relay must
+  evict them, its memory must stay bounded); every ``cycle`` seconds each reads again (a
+  stream the relay evicted ends with its close: counted), then reconnects and stalls again.
 - ``SdkClient`` runs ``loadtest.chaos.sdk_client`` (the LaunchDarkly Python server SDK with a
   store that logs every ``init``/``upsert``/``delete``); its log is replayed by
   ``replay_sdk_log`` with the same rules as the swarm's.
@@ -24,6 +25,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -172,18 +174,29 @@ class _Staller(asyncio.Protocol):
         self.owner = owner
         self.transport: asyncio.Transport | None = None
         self.seen = bytearray()
+        self.paused = False
+        self.closed_by_relay = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.transport.write(self.owner.request)  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
+        if self.paused:
+            return  # reading again at the end of a cycle: drain towards the close
         self.seen += data[:4096]
         if b"event: put" in self.seen and self.transport is not None:
             self.transport.pause_reading()  # from now on the relay's buffer toward us fills
+            self.paused = True
             self.owner.stalled += 1
 
+    def eof_received(self) -> bool | None:
+        self.closed_by_relay = True
+        return None
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.paused:
+            self.closed_by_relay = True
         self.transport = None
 
 
@@ -194,8 +207,9 @@ class StalledClients:
     targets: list[tuple[str, int]]
     sdk_keys: list[str]
     count: int = 4
-    cycle: float = 20.0
+    cycle: float = 45.0
     stalled: int = 0
+    evicted: int = 0  # stalls the relay ended by closing the connection (eviction)
     request: bytes = b""
     _task: asyncio.Task[None] | None = None
     _open: list[_Staller] = field(default_factory=list)
@@ -207,10 +221,7 @@ class StalledClients:
         loop = asyncio.get_running_loop()
         round_ = 0
         while True:
-            for staller in self._open:
-                if staller.transport is not None:
-                    staller.transport.abort()
-            self._open = []
+            await self._end_cycle()
             for i in range(self.count):
                 host, port = self.targets[(i + round_) % len(self.targets)]
                 key = self.sdk_keys[i % len(self.sdk_keys)]
@@ -218,17 +229,41 @@ class StalledClients:
                     f"GET /all HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: {key}\r\n\r\n"
                 ).encode()
                 staller = _Staller(self)
-                with contextlib.suppress(OSError):
-                    await loop.create_connection(lambda s=staller: s, host, port)  # type: ignore[misc]
-                    self._open.append(staller)
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                # A small receive window: the relay's own buffer fills, not the kernel's.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.setblocking(False)
+                try:
+                    await loop.sock_connect(sock, (host, port))
+                    await loop.create_connection(lambda s=staller: s, sock=sock)  # type: ignore[misc]
+                except OSError:
+                    sock.close()
+                    continue
+                self._open.append(staller)
             round_ += 1
             await asyncio.sleep(self.cycle)
+
+    async def _end_cycle(self) -> None:
+        """Read again: a stream the relay evicted ends with its close; abort the others."""
+        for staller in self._open:
+            if staller.transport is not None and staller.paused:
+                staller.transport.resume_reading()
+        if self._open:
+            await asyncio.sleep(1.0)
+        for staller in self._open:
+            if staller.paused and staller.closed_by_relay:
+                self.evicted += 1
+            if staller.transport is not None:
+                staller.transport.abort()
+        self._open = []
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
+            await self._end_cycle()
         for staller in self._open:
             if staller.transport is not None:
                 staller.transport.abort()

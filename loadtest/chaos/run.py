@@ -297,7 +297,11 @@ async def run_chaos(opts: ChaosOptions, command: str) -> ChaosResult:
                 "max relay RSS",
                 f"{max_rss / MIB:.0f} MiB (bound {opts.relay_rss_bound_mb:.0f} MiB)",
             ),
-            ("clients that stopped reading", f"{opts.stalled} at a time, {stalled.stalled} stalls"),
+            (
+                "clients that stopped reading",
+                f"{opts.stalled} at a time: {stalled.stalled} stalls, "
+                f"{stalled.evicted} ended by the relay (evicted)",
+            ),
             ("SSE events checked", f"{ledger.events} ({ledger.puts} puts)"),
             (
                 "SDK store updates checked",
