@@ -112,6 +112,7 @@ async def run_chaos(opts: ChaosOptions, command: str) -> ChaosResult:
     swarm: Swarm | None = None
     stalled: StalledClients | None = None
     sampler: asyncio.Task[None] | None = None
+    failed = True  # until a run completed and passed
     try:
         _say(opts, f"starting Kafka, Redis, 2 publishers, 3 relays in {run_dir}")
         await cluster.start()
@@ -258,6 +259,10 @@ async def run_chaos(opts: ChaosOptions, command: str) -> ChaosResult:
             failures.append(f"secrets in logs: {secrets_found[:5]}")
         if not writers.acked:
             failures.append("no write was acknowledged")
+        broken = [f"{r.fault.describe()}: {r.error}" for r in records if r.error]
+        if broken:
+            # A fault that could not be carried out leaves its case untested: not a pass.
+            failures.append(f"faults not carried out as planned: {broken}")
         ok = not failures
 
         statuses = Counter(w.status for w in writers.acked)
@@ -329,6 +334,7 @@ async def run_chaos(opts: ChaosOptions, command: str) -> ChaosResult:
         result = ChaosResult(ok, figures, failures, details)
         result.markdown = _markdown(result, command, started_wall)
         result.files += _write(opts, result, run_dir)
+        failed = not ok
         if not ok:
             timeline = _timeline(records, writers.acked, ledger, sdk_replays, regressions)
             path = opts.out / f"{opts.stem}-timeline.jsonl"
@@ -354,8 +360,11 @@ async def run_chaos(opts: ChaosOptions, command: str) -> ChaosResult:
             sdk.stop()
         await asyncio.to_thread(cluster.close)
         for p in cluster.log_paths:
-            if p.parent == Path("/tmp") or str(p).startswith("/tmp/flagstream-loadtest-"):
+            if p.name.startswith("flagstream-loadtest-"):  # the services' temporary logs
                 p.unlink(missing_ok=True)
+        if not failed:
+            # Kafka's and Redis' data, the SDK logs: kept only to explain a failed run.
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 # --- set-up ----------------------------------------------------------------------------------
