@@ -140,7 +140,9 @@ async def _serve(settings: PublisherSettings) -> int:
         request_timeout_ms=int(settings.kafka_request_timeout * 1000),
     )
     app = build_app(settings, store, log)
-    runner = web.AppRunner(app, access_log=None)
+    # A connection that sends no complete request for 75 s is closed (aiohttp's default is
+    # an hour): slow or idle clients must not hold the connection budget (fdlimit).
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=75.0)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
