@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from loadtest.chaos.schedule import FAULT_KINDS, VARIANTS, is_known
+
+if TYPE_CHECKING:
+    from loadtest.chaos.run import ChaosResult
 
 __all__ = ["build_parser", "main"]
 
@@ -50,6 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", help="file name stem (default chaos-seedN)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
+
+
+async def _until_signalled(run: Coroutine[Any, Any, ChaosResult]) -> ChaosResult:
+    """Run ``run``; SIGINT or SIGTERM cancels it, so that it stops everything it started
+    (its ``finally`` blocks) instead of leaving brokers and relays behind."""
+    task = asyncio.ensure_future(run)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await task
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def main(argv: list[str]) -> int:
@@ -107,7 +127,13 @@ def main(argv: list[str]) -> int:
         loop_factory = None
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            result = runner.run(run_chaos(opts, command))
+            result = runner.run(_until_signalled(run_chaos(opts, command)))
+    except asyncio.CancelledError:
+        print(
+            "flagstream loadtest chaos: interrupted; everything it started was stopped",
+            file=sys.stderr,
+        )
+        return 130
     except Exception as exc:
         from flagstream.stack.errors import StackError
 

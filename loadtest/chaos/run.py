@@ -180,15 +180,24 @@ async def run_chaos(opts: ChaosOptions, command: str) -> ChaosResult:
             writes_end = time.monotonic()
             writers.stop_soon()
 
+        first_round = len(opts.kinds)  # always run whole, even past the duration
         for fault in schedule:
             if records:
                 await asyncio.sleep(records[-1].fault.gap)
-            last = fault is schedule[-1]
+            elapsed = time.monotonic() - phase_start
+            if fault.index >= first_round and elapsed >= opts.duration:
+                break
+            last = fault is schedule[-1] or (
+                fault.index >= first_round - 1
+                and elapsed + FAULT_KINDS[fault.kind] >= opts.duration
+            )
             _say(opts, f"fault {fault.index + 1}/{len(schedule)}: {fault.describe()}")
             record = await inject(cluster, fault, on_end=stop_writing if last else None)
             records.append(record)
             if record.error:
                 _say(opts, f"  fault did not go as planned: {record.error}")
+            if last:
+                break
         if not writes_end:
             stop_writing()
         await writers.stop()
