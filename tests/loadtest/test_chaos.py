@@ -277,8 +277,9 @@ def test_a_bounded_chaos_run_holds_every_invariant(tmp_path: Path) -> None:
     assert figures["lost"] == "0" and figures["regressions"] == "0", figures
     assert figures["secrets in logs"] == "0"
     assert figures["result"] == "PASS"
-    # every kind was injected once (the first round of a schedule has each kind)
+    # every kind was injected (the first round of a schedule has each kind)
     for kind in BOUNDED_KINDS:
-        assert figures.get(f"faults: {kind}", "").startswith("1"), (kind, figures)
+        count = figures.get(f"faults: {kind}", "0").split()[0]
+        assert int(count) >= 1, (kind, figures)
     assert "| writes acknowledged |" in proc.stdout
     print(f"bounded chaos run: {time.monotonic() - started:.0f}s\n{proc.stdout}")
