@@ -197,7 +197,6 @@ async def starve_and_recover(
     spent = cpu_seconds(proc.pid) - cpu_before
     # The storm this replaces spun at ~98% of a core; backing off costs almost nothing.
     assert spent < 1.5, f"{spent:.2f} CPU seconds while out of descriptors"
-    assert all(not w.data for w in waiting)  # still queued in the kernel, not dropped
     log = text(log_path)
     new_lines = log.splitlines()[lines_before:]
     reports = [line for line in new_lines if EMFILE_LINE.search(line)]
