@@ -55,6 +55,7 @@ SERVICES: tuple[Service, ...] = (
         settings="publisher.config:PublisherSettings",
         intro="The admin API, the Redis system of record and the outbox forwarder to Kafka.",
         flags="publisher.cli:_FLAGS",
+        computed_defaults=(("max_connections", "open-files limit - (64 + limit/20)"),),
     ),
     Service(
         title="Relay",
@@ -62,7 +63,10 @@ SERVICES: tuple[Service, ...] = (
         settings="relay.config:RelaySettings",
         intro="Reads every partition of the topic and serves SDK streams and polling.",
         flags="relay.cli:build_parser",
-        computed_defaults=(("workers", "number of CPUs"),),
+        computed_defaults=(
+            ("workers", "number of CPUs"),
+            ("max_connections", "open-files limit - (64 + limit/20)"),
+        ),
     ),
     Service(
         title="Embedded mode",

@@ -479,7 +479,7 @@ async def running(
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, host, port)
+            site = _guarded_site(runner, host, port, hub)
             try:
                 await site.start()
             except OSError as exc:
@@ -515,6 +515,23 @@ async def running(
             await runner.cleanup()
     finally:
         await backends.close()
+
+
+def _guarded_site(runner: web.AppRunner, host: str, port: int, hub: Hub) -> web.BaseSite:
+    """Accepts with back-off on EMFILE and a connection cap derived from the open-files
+    limit, raised to its hard maximum first (``flagstream.fdlimit``). Streams are detached
+    from aiohttp (the hub owns them, as in a relay worker), so the cap counts both."""
+    from flagstream.fdlimit import GuardedSite, aiohttp_connections, raise_nofile_limit
+
+    raise_nofile_limit()
+    server = runner.server
+    assert server is not None
+    return GuardedSite(
+        runner,
+        host=host,
+        port=port,
+        open_connections=lambda: aiohttp_connections(server) + hub.connection_count(),
+    )
 
 
 def _url_host(host: str) -> str:

@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load generator and benchmark scenarios for flagstream relays.",
     )
     sub = parser.add_subparsers(dest="scenario", metavar="SCENARIO", required=True)
+    sub.add_parser(
+        "chaos",
+        help="whole-system fault suite with invariant checks (flagstream loadtest chaos --help)",
+        add_help=False,
+    )
     for name, module in _scenarios().items():
         p = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
         g = p.add_argument_group("system under test")
@@ -113,6 +118,10 @@ def _run(coro_factory: Callable[[], Awaitable[Result]]) -> Result:
 
 def main(argv: list[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["chaos"]:  # its own options: see loadtest/chaos/cli.py
+        from loadtest.chaos.cli import main as chaos_main
+
+        return chaos_main(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(args_list)
     from loadtest.driver import DriverError

@@ -105,6 +105,17 @@ def parse_settings(argv: Sequence[str]) -> PublisherSettings | int:
     return settings
 
 
+def _guarded_site(runner: web.AppRunner, settings: PublisherSettings) -> web.BaseSite:
+    """Accepts with back-off on EMFILE and at most ``max_connections`` open connections
+    (``flagstream.fdlimit``), under the open-files limit raised to its hard maximum."""
+    from flagstream.fdlimit import GuardedSite, raise_nofile_limit
+
+    raise_nofile_limit()
+    return GuardedSite(
+        runner, host=settings.host, port=settings.port, max_connections=settings.max_connections
+    )
+
+
 async def _serve(settings: PublisherSettings) -> int:
     try:
         await check_topic_config(
@@ -129,14 +140,16 @@ async def _serve(settings: PublisherSettings) -> int:
         request_timeout_ms=int(settings.kafka_request_timeout * 1000),
     )
     app = build_app(settings, store, log)
-    runner = web.AppRunner(app, access_log=None)
+    # A connection that sends no complete request for 75 s is closed (aiohttp's default is
+    # an hour): slow or idle clients must not hold the connection budget (fdlimit).
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=75.0)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = _guarded_site(runner, settings)
         try:
             await site.start()
         except OSError as exc:

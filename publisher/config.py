@@ -17,6 +17,8 @@ import re
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flagstream.fdlimit import connection_budget
+
 __all__ = ["MIB", "PublisherSettings"]
 
 MIB = 1024 * 1024
@@ -40,6 +42,15 @@ class PublisherSettings(BaseSettings):
     # --- listening -----------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="address to bind")
     port: int = Field(default=8031, ge=0, le=65535, description="port to bind (0 = any free)")
+
+    max_connections: int = Field(
+        default_factory=connection_budget,
+        ge=1,
+        description=(
+            "open connections; 503 above this (default: the open-files limit minus "
+            "64 + limit/20 kept for the process itself, see docs/reliability.md)"
+        ),
+    )
 
     # --- backends ------------------------------------------------------------------------
     redis_url: str = Field(

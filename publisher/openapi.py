@@ -56,7 +56,7 @@ def _op(
     summary: str,
     *,
     params: list[Any] | None = None,
-    body: bool = False,
+    body: bool | dict[str, Any] = False,
     responses: dict[str, Any] | None = None,
     public: bool = False,
 ) -> dict[str, Any]:
@@ -66,6 +66,7 @@ def _op(
         "responses": responses
         or {
             "200": {"description": "OK"},
+            "400": _PROBLEM,
             "401": _PROBLEM,
             "403": _PROBLEM,
             "404": _PROBLEM,
@@ -73,7 +74,7 @@ def _op(
         },
     }
     if body:
-        op["requestBody"] = _JSON_BODY
+        op["requestBody"] = _JSON_BODY if body is True else body
     if public:
         op["security"] = []
     return op
@@ -131,7 +132,11 @@ _SPEC: Final[dict[str, Any]] = {
                 "New SDK key (shown once); old keys stay valid for expireOldInSeconds "
                 "(admin scope)",
                 params=[_ENV, _COMMENT],
-                body=True,
+                # absent (or null) = expire the old keys now
+                body={
+                    "required": False,
+                    "content": {"application/json": {"schema": {"type": ["object", "null"]}}},
+                },
                 responses=_WRITE_RESPONSES,
             )
         },
@@ -182,9 +187,12 @@ _SPEC: Final[dict[str, Any]] = {
                 body=True,
                 responses={
                     "201": {"description": "Created"},
+                    "400": _PROBLEM,
                     "401": _PROBLEM,
                     "403": _PROBLEM,
+                    "413": _PROBLEM,
                     "422": _PROBLEM,
+                    "503": _PROBLEM,
                 },
             ),
         },

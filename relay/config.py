@@ -17,6 +17,8 @@ import re
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flagstream.fdlimit import connection_budget
+
 MIB = 1024 * 1024
 # A DNS name or IPv4 address, or an IPv6 address in brackets.
 _BOOTSTRAP_HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.%]+\]")
@@ -79,7 +81,14 @@ class RelaySettings(BaseSettings):
     )
 
     # --- streams and fan-out -------------------------------------------------------------
-    max_connections: int = Field(default=100_000, ge=1, description="503 above this")
+    max_connections: int = Field(
+        default_factory=connection_budget,
+        ge=1,
+        description=(
+            "streams per worker; 503 above this (default: the open-files limit minus "
+            "64 + limit/20 kept for the process itself, see docs/reliability.md)"
+        ),
+    )
     max_buffer_bytes: int = Field(
         default=MIB, ge=1024, description="unsent bytes per connection before it is evicted"
     )
@@ -96,6 +105,15 @@ class RelaySettings(BaseSettings):
     )
     retry_after: int = Field(
         default=2, ge=1, le=600, description="Retry-After seconds on 503 responses"
+    )
+    idle_connection_timeout: float = Field(
+        default=75.0,
+        gt=0,
+        le=3600,
+        description=(
+            "close a connection that sends no complete request within N s (idle keep-alive, "
+            "slow or stalled headers); streams are not affected"
+        ),
     )
 
     @field_validator("max_connection_lifetime")

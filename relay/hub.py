@@ -251,7 +251,10 @@ class Hub:
         resp.force_close()  # a stream's connection is never reused for another request
         handed_over = False
         try:
-            await resp.prepare(request)
+            try:
+                await resp.prepare(request)
+            except ConnectionResetError:
+                return resp  # the client left before its answer began: nothing to log
             transport = request.transport
             if conn.closed:
                 return resp

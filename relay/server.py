@@ -71,7 +71,6 @@ WORKER_HEADER = "X-Flagstream-Worker"
 _FAST_FAILURE_SECONDS = 10.0
 _RESTART_PAUSE_SECONDS = 1.0
 _LISTEN_BACKLOG = 4096
-_IDLE_CONNECTION_SECONDS = 75.0
 
 
 def serve(settings: RelaySettings) -> int:
@@ -208,10 +207,10 @@ class _Worker:
             shutdown_timeout=5.0,
             # A connection that sends no complete request (idle keep-alive, slowloris,
             # connect-and-vanish) is closed after this; streams are not affected.
-            keepalive_timeout=_IDLE_CONNECTION_SECONDS,
+            keepalive_timeout=self.settings.idle_connection_timeout,
         )
         await runner.setup()
-        site = web.SockSite(runner, self.sock, backlog=_LISTEN_BACKLOG)
+        site = _guarded_site(runner, self.sock, self.settings, hub)
         await site.start()
         host, port = self.sock.getsockname()[:2]
         log.info("relay worker %s listening on http://%s:%s", identity, host, port)
@@ -346,6 +345,26 @@ class _Supervisor:
                 elif now >= due:
                     del restart_at[index]
                     self._start(index)
+
+
+def _guarded_site(
+    runner: web.AppRunner, sock: socket.socket, settings: RelaySettings, hub: Hub
+) -> web.BaseSite:
+    """The worker's site: accepts with back-off on EMFILE and a connection cap derived from
+    the open-files limit (``flagstream.fdlimit``). Detached streams belong to the hub, not
+    to aiohttp, so the cap counts both."""
+    from flagstream.fdlimit import GuardedSite, aiohttp_connections, connection_budget
+
+    server = runner.server
+    assert server is not None
+    return GuardedSite(
+        runner,
+        sock,
+        backlog=_LISTEN_BACKLOG,
+        max_connections=max(settings.max_connections, connection_budget()),
+        open_connections=lambda: aiohttp_connections(server) + hub.connection_count(),
+        retry_after=settings.retry_after,
+    )
 
 
 def _worker_entry(settings: RelaySettings, index: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from flagstream.fdlimit import connection_budget
 from relay import cli
 from relay.config import RelaySettings
 
@@ -15,7 +16,7 @@ def test_defaults_cover_the_contract() -> None:
     s = RelaySettings()
     assert (s.host, s.port) == ("127.0.0.1", 8030)
     assert s.kafka_bootstrap == "127.0.0.1:19092" and s.topic == "flagstream.state"
-    assert s.max_connections == 100_000 and s.max_buffer_bytes == 1024 * 1024
+    assert s.max_connections == connection_budget() and s.max_buffer_bytes == 1024 * 1024
     assert s.heartbeat_interval == 15.0 and s.max_connection_lifetime is None
     assert s.lifetime_jitter == 0.1 and s.drain_window == 10.0 and s.catchup_wait == 5.0
     assert s.max_request_line == 8190 and s.max_header_size == 8190 and s.workers >= 1
