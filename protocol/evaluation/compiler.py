@@ -40,11 +40,12 @@ store: only its rules, and the reason gets ``bigSegmentsStatus: NOT_CONFIGURED``
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from protocol.evaluation.attributes import AttributeRef
-from protocol.evaluation.bucketing import bucket, flag_prefix
+from protocol.evaluation.bucketing import _FIRST_8_BYTES, _SCALE, _sha1, bucket, flag_prefix
 from protocol.evaluation.context import DEFAULT_KIND, Context, SingleContext
 from protocol.evaluation.operators import build_test
 from protocol.evaluation.result import (
@@ -55,7 +56,7 @@ from protocol.evaluation.result import (
     make_result,
 )
 
-__all__ = ["CompiledFlag", "CompiledSegment", "compile_flag", "compile_segment"]
+__all__ = ["CompiledFlag", "CompiledSegment", "compile_flag", "compile_segment", "new_scope"]
 
 _OFF: Final = Reason("OFF")
 _FALLTHROUGH: Final = Reason("FALLTHROUGH")
@@ -91,10 +92,16 @@ class _Scope:
     ) -> None:
         self.flags = flags
         self.segments = segments
-        self.prereq_chain: list[str] = []
-        self.segment_chain: list[str] = []
+        # Created on first use: most evaluations never check a prerequisite or a segment rule.
+        self.prereq_chain: list[str] | None = None
+        self.segment_chain: list[str] | None = None
         self.prereqs_seen = 0  # direct prerequisites of the top-level flag evaluated so far
         self.big_segments = False  # an unbounded segment was consulted
+
+
+def new_scope(flags: Mapping[str, CompiledFlag], segments: Mapping[str, CompiledSegment]) -> _Scope:
+    """A reusable evaluation scope over ``flags`` and ``segments`` (see ``evaluate_in``)."""
+    return _Scope(flags, segments)
 
 
 _NO_SCOPE: Final = _Scope({}, {})  # for flags without prerequisites or segment clauses
@@ -234,8 +241,25 @@ def _compile_clause(clause: dict[str, Any], path: str, segment_keys: set[str]) -
 
         return kinds
     name, nested = ref.components[0], ref.components[1:]
+    if not nested:
 
-    def match(ctx: Context, scope: _Scope) -> bool:
+        def match_top_level(ctx: Context, scope: _Scope) -> bool:
+            single = ctx.by_kind.get(kind)
+            if single is None:
+                return False
+            value = single.attributes.get(name)
+            if value is None:
+                return False
+            if type(value) is list:
+                for element in value:
+                    if test(element):
+                        return not negate
+                return negate
+            return test(value) is not negate
+
+        return match_top_level
+
+    def match_nested(ctx: Context, scope: _Scope) -> bool:
         single = ctx.by_kind.get(kind)
         if single is None:
             return False
@@ -251,7 +275,7 @@ def _compile_clause(clause: dict[str, Any], path: str, segment_keys: set[str]) -
             return negate
         return test(value) is not negate
 
-    return match
+    return match_nested
 
 
 def _segment_match(keys: tuple[str, ...], negate: bool) -> Matcher:
@@ -286,7 +310,7 @@ def _matches_all(matchers: tuple[Matcher, ...], ctx: Context, scope: _Scope) -> 
 class _Rollout:
     """A percentage rollout: the bucket picks a pre-built result."""
 
-    __slots__ = ("experiment", "kind", "prefix", "ref", "results", "thresholds")
+    __slots__ = ("experiment", "kind", "prefix", "ref", "results", "sorted", "thresholds")
 
     def __init__(
         self,
@@ -303,16 +327,35 @@ class _Rollout:
         self.experiment = experiment
         self.thresholds = thresholds
         self.results = results  # per bucket: (result, result in the experiment)
+        # No negative weight: thresholds ascend from >= 0, so a binary search finds the bucket.
+        self.sorted = thresholds[0] >= 0 and thresholds == sorted(thresholds)
 
     def pick(self, ctx: Context) -> EvaluationResult:
-        value = _bucket_context(ctx, self.kind, self.ref, self.prefix)
-        # Without the rollout's context kind the bucket is -1: first bucket, not in the
-        # experiment. Past the last threshold (weights short of 100000): the last bucket.
-        in_experiment = self.experiment and value >= 0
-        for i, threshold in enumerate(self.thresholds):
-            if value < threshold:
-                return self.results[i][in_experiment]
-        return self.results[-1][in_experiment]
+        single = ctx.by_kind.get(self.kind)
+        if single is None:
+            # Without the rollout's context kind the bucket is -1 (so the first bucket when no
+            # weight is negative), and never in the experiment.
+            if self.sorted:
+                return self.results[0][False]
+            value, experiment = -1.0, False
+        elif self.ref is None:  # by key: bucketing.bucket for a string, inlined
+            text = self.prefix + single.key
+            try:
+                data = text.encode()
+            except UnicodeEncodeError:
+                data = text.encode("utf-8", "surrogatepass")
+            value = (_FIRST_8_BYTES(_sha1(data).digest())[0] >> 4) / _SCALE
+            experiment = self.experiment
+        else:
+            value = bucket(self.prefix, _lookup(single, self.ref))
+            experiment = self.experiment
+        # The first bucket whose cumulative threshold is above the value; past the last one
+        # (weights short of 100000) the last bucket.
+        if self.sorted:
+            i = bisect_right(self.thresholds, value)
+        else:
+            i = next((i for i, t in enumerate(self.thresholds) if value < t), -1)
+        return self.results[i if i < len(self.results) else -1][experiment]
 
 
 # A rule or fallthrough outcome: a fixed result, or a rollout.
@@ -338,6 +381,7 @@ class CompiledFlag:
         "_prerequisites",
         "_rule_track_events",
         "_rules",
+        "_target_order",
         "_targets",
         "_track_events",
         "_track_fallthrough",
@@ -372,7 +416,10 @@ class CompiledFlag:
         self._debug: int | float | None = None
         self._prerequisites: tuple[tuple[str, int], ...] = ()
         self._failed: tuple[EvaluationResult, ...] = ()
-        self._targets: dict[str, dict[str, tuple[int, EvaluationResult]]] | None = None
+        # kind -> key -> result of the first target matching (a single-kind context), and
+        # kind -> key -> (position, result) to find the first of several kinds' matches.
+        self._targets: dict[str, dict[str, EvaluationResult]] | None = None
+        self._target_order: dict[str, dict[str, tuple[int, EvaluationResult]]] = {}
         self._rules: tuple[
             tuple[tuple[Matcher, ...], EvaluationResult | None, _Rollout | None], ...
         ] = ()
@@ -387,13 +434,49 @@ class CompiledFlag:
         ctx: Context,
         flags: Mapping[str, CompiledFlag],
         segments: Mapping[str, CompiledSegment],
+        scope: _Scope | None = None,
     ) -> EvaluationResult:
         """This flag's result for ``ctx``; prerequisites and segments are looked up by key in
-        ``flags`` and ``segments``. Never raises: malformed data gives an ERROR result."""
+        ``flags`` and ``segments``. Never raises: malformed data gives an ERROR result.
+
+        ``scope`` (``new_scope(flags, segments)``) may be passed to be reused from one
+        top-level evaluation to the next (it is reset here); one at a time, never shared by
+        concurrent evaluations."""
         constant = self.constant
         if constant is not None:
             return constant
-        scope = _Scope(flags, segments) if self._needs_scope else _NO_SCOPE
+        if not self._needs_scope:
+            # The common flag (targets, plain rules, rollouts): _evaluate's steps inlined, no
+            # scope. Keep in step with _evaluate.
+            try:
+                contexts = ctx.contexts
+                targets = self._targets
+                if targets is not None:
+                    if len(contexts) == 1:
+                        by_key = targets.get(contexts[0].kind)
+                        hit = None if by_key is None else by_key.get(contexts[0].key)
+                    else:
+                        hit = self._multi_kind_target(ctx)
+                    if hit is not None:
+                        return hit
+                for matchers, fixed, rollout in self._rules:
+                    for matcher in matchers:
+                        if not matcher(ctx, _NO_SCOPE):
+                            break
+                    else:
+                        return fixed if rollout is None else rollout.pick(ctx)  # type: ignore[return-value]
+                fixed, rollout = self._fallthrough
+                return fixed if rollout is None else rollout.pick(ctx)  # type: ignore[return-value]
+            except _Malformed:
+                return self._error("MALFORMED_FLAG", 0)
+            except Exception:  # a bug: as LaunchDarkly's client, an EXCEPTION error
+                return self._error("EXCEPTION", 0)
+        if scope is None:
+            scope = _Scope(flags, segments)
+        else:  # a reused scope: reset it
+            scope.prereq_chain = scope.segment_chain = None
+            scope.prereqs_seen = 0
+            scope.big_segments = False
         try:
             result = self._evaluate(ctx, scope)
         except _Malformed:
@@ -417,7 +500,12 @@ class CompiledFlag:
                 return failed
         targets = self._targets
         if targets is not None:
-            hit = _target_hit(targets, ctx)
+            contexts = ctx.contexts
+            if len(contexts) == 1:
+                by_key = targets.get(contexts[0].kind)
+                hit = None if by_key is None else by_key.get(contexts[0].key)
+            else:
+                hit = self._multi_kind_target(ctx)
             if hit is not None:
                 return hit
         for matchers, fixed, rollout in self._rules:
@@ -429,8 +517,27 @@ class CompiledFlag:
         fixed, rollout = self._fallthrough
         return fixed if rollout is None else rollout.pick(ctx)  # type: ignore[return-value]
 
+    def _multi_kind_target(self, ctx: Context) -> EvaluationResult | None:
+        """The target of a multi-kind context: of its kinds' matches, the first in order."""
+        if not self._target_order:  # targets of one kind only: its match is the first
+            assert self._targets is not None
+            for single in ctx.contexts:
+                by_kind = self._targets.get(single.kind)
+                if by_kind is not None:
+                    return by_kind.get(single.key)
+            return None
+        best: tuple[int, EvaluationResult] | None = None
+        for single in ctx.contexts:
+            by_key = self._target_order.get(single.kind)
+            hit = None if by_key is None else by_key.get(single.key)
+            if hit is not None and (best is None or hit[0] < best[0]):
+                best = hit
+        return None if best is None else best[1]
+
     def _check_prerequisites(self, ctx: Context, scope: _Scope) -> EvaluationResult | None:
         chain = scope.prereq_chain
+        if chain is None:
+            chain = scope.prereq_chain = []
         chain.append(self.key)
         top = len(chain) == 1
         try:
@@ -529,27 +636,6 @@ class CompiledFlag:
         return found
 
 
-def _target_hit(
-    targets: Mapping[str, Mapping[str, tuple[int, EvaluationResult]]], ctx: Context
-) -> EvaluationResult | None:
-    contexts = ctx.contexts
-    if len(contexts) == 1:
-        single = contexts[0]
-        by_key = targets.get(single.kind)
-        if by_key is None:
-            return None
-        hit = by_key.get(single.key)
-        return None if hit is None else hit[1]
-    best: tuple[int, EvaluationResult] | None = None
-    for single in contexts:
-        by_key = targets.get(single.kind)
-        if by_key is not None:
-            hit = by_key.get(single.key)
-            if hit is not None and (best is None or hit[0] < best[0]):
-                best = hit
-    return None if best is None else best[1]
-
-
 def compile_flag(obj: object) -> CompiledFlag:
     """Compile one flag (never raises; a malformed one evaluates to MALFORMED_FLAG)."""
     key = obj.get("key") if isinstance(obj, dict) else None
@@ -634,7 +720,11 @@ def _build_flag(flag: CompiledFlag, obj: dict[str, Any]) -> None:
         by_key = target_index.setdefault(kind, {})
         for value in values:
             by_key.setdefault(value, (position, result))
-    flag._targets = target_index or None
+    # Positions matter only to choose between the matches of a multi-kind context's kinds.
+    flag._target_order = target_index if len(target_index) > 1 else {}
+    flag._targets = {
+        kind: {key: hit[1] for key, hit in by_key.items()} for kind, by_key in target_index.items()
+    } or None
     flag._rules = tuple(compiled_rules)
     flag._needs_scope = bool(prerequisites) or bool(segment_keys)
 
@@ -796,30 +886,40 @@ class CompiledSegment:
         self._generation: int | None = None
 
     def matches(self, ctx: Context, scope: _Scope) -> bool:
-        if self.key in scope.segment_chain:
+        chain = scope.segment_chain
+        if chain is not None and self.key in chain:
             raise _Malformed(f"segment cycle through {self.key!r}")
         if self.error is not None:
             raise _Malformed(self.error)
-        if not self._unbounded:
-            return self._match(ctx, scope, True)
-        # A big segment without a big-segment store: only its rules count (module docstring).
-        if self._generation is None:
+        if self._unbounded:
+            # A big segment without a big-segment store: only its rules count (module doc).
+            if self._generation is None:
+                scope.big_segments = True
+                return False
+            if ctx.by_kind.get(self._unbounded_kind) is None:
+                return False
             scope.big_segments = True
-            return False
-        if ctx.by_kind.get(self._unbounded_kind) is None:
-            return False
-        scope.big_segments = True
-        return self._match(ctx, scope, False)
-
-    def _match(self, ctx: Context, scope: _Scope, use_lists: bool) -> bool:
-        if use_lists:
+            return bool(self._rules) and self._match_rules(ctx, scope)
+        contexts = ctx.contexts
+        if len(contexts) == 1:  # _in_lists inlined for the common single-kind context
+            single = contexts[0]
+            keys = self._included.get(single.kind)
+            if keys is not None and single.key in keys:
+                return True
+            keys = self._excluded.get(single.kind)
+            if keys is not None and single.key in keys:
+                return False
+        else:
             if _in_lists(self._included, ctx):
                 return True
             if _in_lists(self._excluded, ctx):
                 return False
-        if not self._rules:
-            return False
+        return bool(self._rules) and self._match_rules(ctx, scope)
+
+    def _match_rules(self, ctx: Context, scope: _Scope) -> bool:
         chain = scope.segment_chain
+        if chain is None:
+            chain = scope.segment_chain = []
         chain.append(self.key)
         try:
             for rule in self._rules:
@@ -835,8 +935,6 @@ class CompiledSegment:
 
 
 def _in_lists(lists: Mapping[str, frozenset[str]], ctx: Context) -> bool:
-    if not lists:
-        return False
     for single in ctx.contexts:
         keys = lists.get(single.kind)
         if keys is not None and single.key in keys:

@@ -35,6 +35,7 @@ from protocol.evaluation.compiler import (
     CompiledSegment,
     compile_flag,
     compile_segment,
+    new_scope,
 )
 from protocol.evaluation.context import Context
 from protocol.evaluation.result import ErrorKind, EvaluationResult, Reason, make_result
@@ -91,6 +92,10 @@ class CompiledEnvironment:
         self._used_by_flags: dict[str, set[str]] = {}
         self._used_by_segments: dict[str, set[str]] = {}
         self._views: dict[SdkKind, _View] = {}
+        # One scope reused by every evaluation of flags with prerequisites or segments:
+        # evaluations here are one at a time (module docstring), and building one costs more
+        # than the rest of a simple segment check.
+        self._scope = new_scope(self.flags, self.segments)
 
     @classmethod
     def from_items(
@@ -179,7 +184,10 @@ class CompiledEnvironment:
         flag = self.flags.get(key)
         if flag is None:
             return error_result(key, "FLAG_NOT_FOUND")
-        return flag.evaluate(context, self.flags, self.segments)
+        constant = flag.constant  # checked here too: saves a call for the commonest flags
+        if constant is not None:
+            return constant
+        return flag.evaluate(context, self.flags, self.segments, self._scope)
 
     def visible(self, key: str, sdk: SdkKind) -> bool:
         """True if flag ``key`` exists and ``sdk`` may see it (``clientSideAvailability``)."""
@@ -192,9 +200,9 @@ class CompiledEnvironment:
         """Every flag ``sdk`` may see, evaluated for ``context``."""
         view = self._view(sdk)
         out = dict(view.constants)
-        flags, segments = self.flags, self.segments
+        flags, segments, scope = self.flags, self.segments, self._scope
         for flag in view.dynamic:
-            out[flag.key] = flag.evaluate(context, flags, segments)
+            out[flag.key] = flag.evaluate(context, flags, segments, scope)
         return out
 
     def all_flags_json(
@@ -203,9 +211,10 @@ class CompiledEnvironment:
         """The client-side (``evalx``) JSON object of every flag ``sdk`` may see:
         ``{"key": {"value": ..., "variation": ..., "version": ..., ...}, ...}`` (result.py)."""
         view = self._view(sdk)
-        flags, segments = self.flags, self.segments
+        flags, segments, scope = self.flags, self.segments, self._scope
         parts = [
-            flag.evaluate(context, flags, segments).fragment(with_reasons) for flag in view.dynamic
+            flag.evaluate(context, flags, segments, scope).fragment(with_reasons)
+            for flag in view.dynamic
         ]
         blob = view.blobs[with_reasons]
         if blob:
@@ -220,7 +229,7 @@ class CompiledEnvironment:
         flag = self.flags.get(key)
         if flag is None:
             return None
-        return flag.evaluate(context, self.flags, self.segments).patch(with_reasons)
+        return flag.evaluate(context, self.flags, self.segments, self._scope).patch(with_reasons)
 
     def _view(self, sdk: SdkKind) -> _View:
         view = self._views.get(sdk)

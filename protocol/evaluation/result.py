@@ -51,9 +51,17 @@ ERROR_KINDS: Final = (
 )
 
 
+_ENCODE: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_CONSTANTS: Final = {True: b"true", False: b"false", None: b"null"}
+
+
 def encode_json(value: Any) -> bytes:
     """Compact UTF-8 JSON (raises ValueError for NaN/Infinity, TypeError for non-JSON)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    if value is None or value is True or value is False:
+        return _CONSTANTS[value]
+    if type(value) is int:
+        return str(value).encode()
+    return _ENCODE(value).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +75,15 @@ class Reason:
     error_kind: ErrorKind | None = None
     in_experiment: bool = False
     big_segments_status: str | None = None
+
+    def encoded(self) -> bytes:
+        """``to_json()`` encoded (cached: a flag's results share few reasons)."""
+        found = _encoded_reasons.get(self)
+        if found is None:
+            if len(_encoded_reasons) >= _REASON_CACHE_SIZE:
+                _encoded_reasons.clear()
+            found = _encoded_reasons[self] = encode_json(self.to_json())
+        return found
 
     def to_json(self) -> dict[str, Any]:
         """LaunchDarkly's JSON form: absent fields left out."""
@@ -84,6 +101,10 @@ class Reason:
         if self.big_segments_status is not None:
             out["bigSegmentsStatus"] = self.big_segments_status
         return out
+
+
+_REASON_CACHE_SIZE: Final = 65536  # bounded: emptied when full
+_encoded_reasons: dict[Reason, bytes] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +182,7 @@ def make_result(
     if prerequisites:
         tail += b',"prerequisites":' + encode_json(list(prerequisites))
     tail += b"}"
-    with_reason = head + b',"reason":' + encode_json(reason.to_json()) + tail
+    with_reason = head + b',"reason":' + reason.encoded() + tail
     without_reason = with_reason if track_reason else head + tail
     member = encode_json(key) + b":"
     return EvaluationResult(

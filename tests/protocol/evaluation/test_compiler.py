@@ -14,7 +14,13 @@ from protocol.evaluation.result import Reason
 
 pytestmark = pytest.mark.unit
 
-USER = {"kind": "user", "key": "u1", "email": "a@b.c", "tags": ["x", "y"], "obj": {"a": {"b": 3}}}
+USER = {
+    "kind": "user",
+    "key": "u1",
+    "email": "a@b.c",
+    "tags": ["x", "y"],
+    "obj": {"a": {"b": 3}, "list": ["x", "y"]},
+}
 
 
 def flag(key: str = "f", **fields: Any) -> dict[str, Any]:
@@ -229,6 +235,9 @@ def test_context_targets_order_and_user_indirection() -> None:
         (clause("/obj/a/b", "in", 3, contextKind="user"), True),
         (clause("/obj/a/b/c", "in", 3, contextKind="user"), False),
         (clause("/obj/x/b", "in", 3, contextKind="user"), False),
+        (clause("/obj/list", "in", "y", contextKind="user"), True),
+        (clause("/obj/list", "in", "z", contextKind="user", negate=True), True),
+        (clause("/obj/list", "in", "y", contextKind="user", negate=True), False),
         (clause("/obj/a/b", "in", 3), False),  # no contextKind: a literal name
         (clause("email", "in", "a@b.c", contextKind="org"), False),  # no org context
         (clause("kind", "in", "user"), True),
@@ -308,6 +317,32 @@ def test_rollout_by_attribute_kind_and_seed() -> None:
     )
     assert reason(evaluate(bad_ref)) == MALFORMED
     assert reason(evaluate(bad_ref, {"kind": "org", "key": "o"})) == {"kind": "FALLTHROUGH"}
+
+
+def test_rollouts_with_negative_weights_scan_in_order() -> None:
+    odd = flag(fallthrough={"rollout": rollout((0, -50000), (1, 150000))})
+    assert evaluate(odd, {"kind": "org", "key": "o"}).variation == 0  # -1 < -0.5: bucket 0
+    assert evaluate(odd).variation == 1  # any bucket >= 0 is below 1.0 only
+    none_above = flag(fallthrough={"rollout": rollout((0, -50000), (1, -50000))})
+    assert evaluate(none_above).variation == 1  # past the end: the last bucket
+    lone_surrogate = evaluate(flag(fallthrough={"rollout": rollout((0, 50000), (1, 50000))}),
+                              {"kind": "user", "key": "\ud800"})  # fmt: skip
+    assert lone_surrogate.variation in (0, 1)
+
+
+def test_unexpected_failures_are_errors_not_exceptions() -> None:
+    # An integer too long to print (only from a context built in Python, not from JSON).
+    context = parse_context({"kind": "user", "key": "k", "n": 10**5000})
+    by_n = flag(fallthrough={"rollout": rollout((0, 100000), bucketBy="n")})
+    env = CompiledEnvironment.from_items([by_n])
+    assert reason(env.evaluate("f", context)) == {"kind": "ERROR", "errorKind": "EXCEPTION"}
+    compiled = compile_flag(
+        flag(prerequisites=[{"key": "p", "variation": 0}], fallthrough={"variation": 1})
+    )
+    assert reason(compiled.evaluate(context, {}, {})) == {  # no scope given: one is made
+        "kind": "PREREQUISITE_FAILED",
+        "prerequisiteKey": "p",
+    }
 
 
 def test_experiments() -> None:
@@ -433,6 +468,8 @@ def test_segment_lists() -> None:
         is True
     )
     assert in_segment(s, context={"kind": "user", "key": "other"}) is True  # the rule matches all
+    excluded_multi = {"kind": "multi", "org": {"key": "o9"}, "user": {"key": "u2"}}
+    assert in_segment(s, context=excluded_multi) is False
     assert in_segment(segment(), context={"kind": "user", "key": "u1"}) is False
     assert in_segment(s, negate=True) is False
     assert in_segment() is False  # no such segment

@@ -112,3 +112,15 @@ def test_check_type(value: object, value_type: str, ok: bool) -> None:
         assert checked.track_events
     no_variation = make_result("f", None, None, Reason("OFF"), 2)
     assert check_type(no_variation, value_type) is no_variation  # type: ignore[arg-type]
+
+
+def test_reason_encodings_are_cached_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from protocol.evaluation import result
+
+    monkeypatch.setattr(result, "_REASON_CACHE_SIZE", 2)
+    result._encoded_reasons.clear()
+    for i in range(5):
+        assert json.loads(Reason("RULE_MATCH", i, "r").encoded())["ruleIndex"] == i
+    assert len(result._encoded_reasons) <= 2
+    reason = Reason("RULE_MATCH", 4, "r")
+    assert reason.encoded() is reason.encoded()
