@@ -56,12 +56,21 @@ from protocol.evaluation.result import (
     make_result,
 )
 
-__all__ = ["CompiledFlag", "CompiledSegment", "compile_flag", "compile_segment", "new_scope"]
+__all__ = [
+    "CompiledFlag",
+    "CompiledSegment",
+    "Runner",
+    "compile_flag",
+    "compile_segment",
+    "new_scope",
+]
 
 _OFF: Final = Reason("OFF")
 _FALLTHROUGH: Final = Reason("FALLTHROUGH")
 _TARGET_MATCH: Final = Reason("TARGET_MATCH")
 _BIG_SEGMENTS_STATUS: Final = "NOT_CONFIGURED"
+_NO_KEYS: Final[frozenset[str]] = frozenset()
+_NO_TARGETS: Final[dict[str, dict[str, tuple[int, EvaluationResult]]]] = {}  # never mutated
 
 
 class _Malformed(Exception):
@@ -107,6 +116,7 @@ def new_scope(flags: Mapping[str, CompiledFlag], segments: Mapping[str, Compiled
 _NO_SCOPE: Final = _Scope({}, {})  # for flags without prerequisites or segment clauses
 
 Matcher = Callable[[Context, _Scope], bool]
+Runner = Callable[[Context], EvaluationResult]
 
 
 # --- reading JSON ---------------------------------------------------------------------------
@@ -394,6 +404,7 @@ class CompiledFlag:
         "mobile",
         "on",
         "prerequisite_keys",
+        "run",
         "segment_keys",
         "version",
     )
@@ -405,7 +416,7 @@ class CompiledFlag:
         self.client_side = False
         self.mobile = False
         self.prerequisite_keys: tuple[str, ...] = ()
-        self.segment_keys: frozenset[str] = frozenset()
+        self.segment_keys: frozenset[str] = _NO_KEYS
         self.constant: EvaluationResult | None = None
         self.error: str | None = None
         self._variations: list[Any] = []
@@ -419,12 +430,15 @@ class CompiledFlag:
         # kind -> key -> result of the first target matching (a single-kind context), and
         # kind -> key -> (position, result) to find the first of several kinds' matches.
         self._targets: dict[str, dict[str, EvaluationResult]] | None = None
-        self._target_order: dict[str, dict[str, tuple[int, EvaluationResult]]] = {}
+        self._target_order = _NO_TARGETS
         self._rules: tuple[
             tuple[tuple[Matcher, ...], EvaluationResult | None, _Rollout | None], ...
         ] = ()
         self._fallthrough: _Outcome = (None, None)
         self._needs_scope = False
+        # For a flag without prerequisites or segment clauses: its whole evaluation as one
+        # closure over locals (the hot path; no scope, no attribute lookups).
+        self.run: Callable[[Context], EvaluationResult] | None = None
         self._memo: dict[Any, EvaluationResult] = {}
 
     # --- evaluating ---------------------------------------------------------------------
@@ -434,58 +448,44 @@ class CompiledFlag:
         ctx: Context,
         flags: Mapping[str, CompiledFlag],
         segments: Mapping[str, CompiledSegment],
-        scope: _Scope | None = None,
     ) -> EvaluationResult:
         """This flag's result for ``ctx``; prerequisites and segments are looked up by key in
-        ``flags`` and ``segments``. Never raises: malformed data gives an ERROR result.
+        ``flags`` and ``segments``. Never raises: malformed data gives an ERROR result."""
+        return self.runner(flags, segments, _Scope(flags, segments))(ctx)
 
-        ``scope`` (``new_scope(flags, segments)``) may be passed to be reused from one
-        top-level evaluation to the next (it is reset here); one at a time, never shared by
-        concurrent evaluations."""
+    def runner(
+        self,
+        flags: Mapping[str, CompiledFlag],
+        segments: Mapping[str, CompiledSegment],
+        scope: _Scope,
+    ) -> Runner:
+        """The fastest callable evaluating this flag in an environment: ``runner(ctx)`` is
+        ``evaluate(ctx, flags, segments)``. ``scope`` (``new_scope(flags, segments)``) is
+        reset and reused by every call: one evaluation at a time per scope."""
         constant = self.constant
         if constant is not None:
-            return constant
-        if not self._needs_scope:
-            # The common flag (targets, plain rules, rollouts): _evaluate's steps inlined, no
-            # scope. Keep in step with _evaluate.
-            try:
-                contexts = ctx.contexts
-                targets = self._targets
-                if targets is not None:
-                    if len(contexts) == 1:
-                        by_key = targets.get(contexts[0].kind)
-                        hit = None if by_key is None else by_key.get(contexts[0].key)
-                    else:
-                        hit = self._multi_kind_target(ctx)
-                    if hit is not None:
-                        return hit
-                for matchers, fixed, rollout in self._rules:
-                    for matcher in matchers:
-                        if not matcher(ctx, _NO_SCOPE):
-                            break
-                    else:
-                        return fixed if rollout is None else rollout.pick(ctx)  # type: ignore[return-value]
-                fixed, rollout = self._fallthrough
-                return fixed if rollout is None else rollout.pick(ctx)  # type: ignore[return-value]
-            except _Malformed:
-                return self._error("MALFORMED_FLAG", 0)
-            except Exception:  # a bug: as LaunchDarkly's client, an EXCEPTION error
-                return self._error("EXCEPTION", 0)
-        if scope is None:
-            scope = _Scope(flags, segments)
-        else:  # a reused scope: reset it
+            return lambda _ctx: constant
+        if self.run is not None:
+            return self.run
+        evaluate = self._evaluate
+        error = self._error
+        with_big_segments_status = self._with_big_segments_status
+
+        def run(ctx: Context) -> EvaluationResult:
             scope.prereq_chain = scope.segment_chain = None
             scope.prereqs_seen = 0
             scope.big_segments = False
-        try:
-            result = self._evaluate(ctx, scope)
-        except _Malformed:
-            return self._error("MALFORMED_FLAG", scope.prereqs_seen)
-        except Exception:  # a bug or an exhausted recursion limit: as LaunchDarkly's client
-            return self._error("EXCEPTION", scope.prereqs_seen)
-        if scope.big_segments:
-            return self._with_big_segments_status(result)
-        return result
+            try:
+                result = evaluate(ctx, scope)
+            except _Malformed:
+                return error("MALFORMED_FLAG", scope.prereqs_seen)
+            except Exception:  # a bug or an exhausted recursion limit: as LaunchDarkly's client
+                return error("EXCEPTION", scope.prereqs_seen)
+            if scope.big_segments:
+                return with_big_segments_status(result)
+            return result
+
+        return run
 
     def _nested(self, ctx: Context, scope: _Scope) -> EvaluationResult:
         """Evaluation as a prerequisite, inside another flag's evaluation."""
@@ -636,6 +636,43 @@ class CompiledFlag:
         return found
 
 
+def _plain_run(flag: CompiledFlag) -> Callable[[Context], EvaluationResult]:
+    """The evaluation of a flag without prerequisites or segment clauses: ``_evaluate``'s
+    targets, rules and fallthrough steps over locals, without a scope. Keep in step."""
+    targets = flag._targets
+    multi_kind_target = flag._multi_kind_target
+    rules = flag._rules
+    fixed_fallthrough, rollout_fallthrough = flag._fallthrough
+    error = flag._error
+
+    def run(ctx: Context) -> EvaluationResult:
+        try:
+            if targets is not None:
+                contexts = ctx.contexts
+                if len(contexts) == 1:
+                    by_key = targets.get(contexts[0].kind)
+                    hit = None if by_key is None else by_key.get(contexts[0].key)
+                else:
+                    hit = multi_kind_target(ctx)
+                if hit is not None:
+                    return hit
+            for matchers, fixed, rollout in rules:
+                for matcher in matchers:
+                    if not matcher(ctx, _NO_SCOPE):
+                        break
+                else:
+                    return fixed if rollout is None else rollout.pick(ctx)  # type: ignore[return-value]
+            if rollout_fallthrough is None:
+                return fixed_fallthrough  # type: ignore[return-value]
+            return rollout_fallthrough.pick(ctx)
+        except _Malformed:
+            return error("MALFORMED_FLAG", 0)
+        except Exception:  # a bug: as LaunchDarkly's client, an EXCEPTION error
+            return error("EXCEPTION", 0)
+
+    return run
+
+
 def compile_flag(obj: object) -> CompiledFlag:
     """Compile one flag (never raises; a malformed one evaluates to MALFORMED_FLAG)."""
     key = obj.get("key") if isinstance(obj, dict) else None
@@ -661,10 +698,11 @@ def _make_malformed(flag: CompiledFlag, obj: object, error: str) -> None:
     flag.error = error
     flag.on = False
     flag.prerequisite_keys = ()
-    flag.segment_keys = frozenset()
+    flag.segment_keys = _NO_KEYS
     flag._track_events = False
     flag._debug = None
     flag._memo = {}
+    flag.run = None
     flag.constant = flag._error("MALFORMED_FLAG", 0)
     try:  # who may see the error: as the item says, if that much of it can be read
         _client_side_availability(flag, obj if isinstance(obj, dict) else {})
@@ -707,9 +745,8 @@ def _build_flag(flag: CompiledFlag, obj: dict[str, Any]) -> None:
         compiled_rules.append((matchers, fixed, rollout))
     fallthrough = _opt(obj, "fallthrough", dict, "", "an object") or {}
     flag._fallthrough = _outcome(flag, fallthrough, "fallthrough", _FALLTHROUGH, salt, everything)
-    flag.segment_keys = frozenset(segment_keys)
+    flag.segment_keys = frozenset(segment_keys) if segment_keys else _NO_KEYS
 
-    off = _off_result(flag, off_variation, _OFF, 0)
     flag._failed = tuple(
         _off_result(flag, off_variation, Reason("PREREQUISITE_FAILED", prerequisite_key=k), i + 1)
         for i, k in enumerate(keys)
@@ -721,7 +758,7 @@ def _build_flag(flag: CompiledFlag, obj: dict[str, Any]) -> None:
         for value in values:
             by_key.setdefault(value, (position, result))
     # Positions matter only to choose between the matches of a multi-kind context's kinds.
-    flag._target_order = target_index if len(target_index) > 1 else {}
+    flag._target_order = target_index if len(target_index) > 1 else _NO_TARGETS
     flag._targets = {
         kind: {key: hit[1] for key, hit in by_key.items()} for kind, by_key in target_index.items()
     } or None
@@ -729,13 +766,26 @@ def _build_flag(flag: CompiledFlag, obj: dict[str, Any]) -> None:
     flag._needs_scope = bool(prerequisites) or bool(segment_keys)
 
     if not flag.on:
-        flag.constant = off
+        flag.constant = _off_result(flag, off_variation, _OFF, 0)
     elif not prerequisites and not target_index:
         first = compiled_rules[0] if compiled_rules else None
         if first is None and flag._fallthrough[1] is None:
             flag.constant = flag._fallthrough[0]
         elif first is not None and not first[0] and first[2] is None:
             flag.constant = first[1]
+    if flag.constant is not None:
+        # Nothing else is ever read (every entry point answers the constant first): keep
+        # only what memory must hold, a relay may hold a million of these.
+        flag._targets = None
+        flag._target_order = _NO_TARGETS
+        flag._rules = ()
+        flag._fallthrough = (None, None)
+        flag._failed = ()
+        flag._memo = {}
+        flag._variation_json = []
+        flag._rule_track_events = []
+    elif not flag._needs_scope:
+        flag.run = _plain_run(flag)
 
 
 def _client_side_availability(flag: CompiledFlag, obj: dict[str, Any]) -> None:
@@ -877,7 +927,7 @@ class CompiledSegment:
         self.key = key
         self.version = version
         self.error: str | None = None
-        self.segment_keys: frozenset[str] = frozenset()
+        self.segment_keys: frozenset[str] = _NO_KEYS
         self._included: dict[str, frozenset[str]] = {}
         self._excluded: dict[str, frozenset[str]] = {}
         self._rules: tuple[_SegmentRule, ...] = ()
@@ -957,7 +1007,7 @@ def compile_segment(obj: object) -> CompiledSegment:
         _build_segment(segment, obj)
     except _Invalid as exc:
         segment.error = str(exc)
-        segment.segment_keys = frozenset()
+        segment.segment_keys = _NO_KEYS
     return segment
 
 
@@ -979,7 +1029,7 @@ def _build_segment(segment: CompiledSegment, obj: dict[str, Any]) -> None:
             )
         )
     segment._rules = tuple(rules)
-    segment.segment_keys = frozenset(segment_keys)
+    segment.segment_keys = frozenset(segment_keys) if segment_keys else _NO_KEYS
     segment._unbounded = _opt_bool(obj, "unbounded", "")
     segment._unbounded_kind = _opt_str(obj, "unboundedContextKind", "") or DEFAULT_KIND
     segment._generation = _opt_int(obj, "generation", "")

@@ -22,7 +22,8 @@
    ``mobile`` = ``usingMobileKey``) are joined into one JSON blob per audience and reasons
    setting, built once after a change, and spliced into every answer as bytes.
 
-Not thread-safe: one owner applies changes and evaluates (the relay's event loop).
+Not thread-safe: one owner applies changes and evaluates, one evaluation at a time (the
+relay's event loop); evaluations share one scratch scope (prerequisite and segment chains).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any, Final, Literal
 from protocol.evaluation.compiler import (
     CompiledFlag,
     CompiledSegment,
+    Runner,
     compile_flag,
     compile_segment,
     new_scope,
@@ -58,14 +60,14 @@ class _View:
 
     __slots__ = ("blobs", "constants", "dynamic")
 
-    def __init__(self, flags: Iterable[CompiledFlag]) -> None:
+    def __init__(self, flags: Iterable[CompiledFlag], runs: Mapping[str, Runner]) -> None:
         self.constants: dict[str, EvaluationResult] = {}
-        self.dynamic: list[CompiledFlag] = []
+        self.dynamic: list[tuple[str, Runner]] = []
         for flag in flags:
             if flag.constant is not None:
                 self.constants[flag.key] = flag.constant
             else:
-                self.dynamic.append(flag)
+                self.dynamic.append((flag.key, runs[flag.key]))
         results = self.constants.values()
         self.blobs = (
             b",".join(r.fragment(False) for r in results),
@@ -96,6 +98,8 @@ class CompiledEnvironment:
         # evaluations here are one at a time (module docstring), and building one costs more
         # than the rest of a simple segment check.
         self._scope = new_scope(self.flags, self.segments)
+        # key -> the flag's runner (CompiledFlag.runner): one lookup and one call per flag.
+        self._runs: dict[str, Runner] = {}
 
     @classmethod
     def from_items(
@@ -125,11 +129,13 @@ class CompiledEnvironment:
             item = {**item, "key": key}  # the key it is stored under is its key
         if kind == "flag":
             old_flag = self.flags.pop(key, None)
+            self._runs.pop(key, None)
             if old_flag is not None:
                 self._unlink_flag(old_flag)
             if item is not None:
                 flag = compile_flag(item)
                 self.flags[key] = flag
+                self._runs[key] = flag.runner(self.flags, self.segments, self._scope)
                 self._link_flag(key, flag)
             self._views.clear()
         else:
@@ -181,13 +187,10 @@ class CompiledEnvironment:
 
     def evaluate(self, key: str, context: Context) -> EvaluationResult:
         """Flag ``key`` for ``context``; ``ERROR/FLAG_NOT_FOUND`` if there is no such flag."""
-        flag = self.flags.get(key)
-        if flag is None:
+        run = self._runs.get(key)
+        if run is None:
             return error_result(key, "FLAG_NOT_FOUND")
-        constant = flag.constant  # checked here too: saves a call for the commonest flags
-        if constant is not None:
-            return constant
-        return flag.evaluate(context, self.flags, self.segments, self._scope)
+        return run(context)
 
     def visible(self, key: str, sdk: SdkKind) -> bool:
         """True if flag ``key`` exists and ``sdk`` may see it (``clientSideAvailability``)."""
@@ -200,9 +203,8 @@ class CompiledEnvironment:
         """Every flag ``sdk`` may see, evaluated for ``context``."""
         view = self._view(sdk)
         out = dict(view.constants)
-        flags, segments, scope = self.flags, self.segments, self._scope
-        for flag in view.dynamic:
-            out[flag.key] = flag.evaluate(context, flags, segments, scope)
+        for key, run in view.dynamic:
+            out[key] = run(context)
         return out
 
     def all_flags_json(
@@ -211,11 +213,7 @@ class CompiledEnvironment:
         """The client-side (``evalx``) JSON object of every flag ``sdk`` may see:
         ``{"key": {"value": ..., "variation": ..., "version": ..., ...}, ...}`` (result.py)."""
         view = self._view(sdk)
-        flags, segments, scope = self.flags, self.segments, self._scope
-        parts = [
-            flag.evaluate(context, flags, segments, scope).fragment(with_reasons)
-            for flag in view.dynamic
-        ]
+        parts = [run(context).fragment(with_reasons) for _, run in view.dynamic]
         blob = view.blobs[with_reasons]
         if blob:
             parts.append(blob)
@@ -226,15 +224,16 @@ class CompiledEnvironment:
     ) -> bytes | None:
         """One evaluated flag with its key (an evaluated stream's ``patch`` data), or None if
         there is no such flag."""
-        flag = self.flags.get(key)
-        if flag is None:
+        run = self._runs.get(key)
+        if run is None:
             return None
-        return flag.evaluate(context, self.flags, self.segments, self._scope).patch(with_reasons)
+        return run(context).patch(with_reasons)
 
     def _view(self, sdk: SdkKind) -> _View:
         view = self._views.get(sdk)
         if view is None:
-            view = self._views[sdk] = _View(f for f in self.flags.values() if _visible(f, sdk))
+            visible = (f for f in self.flags.values() if _visible(f, sdk))
+            view = self._views[sdk] = _View(visible, self._runs)
         return view
 
 
