@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "dev": ("flagstream.dev", "main", "embedded publisher + relay in one process, no services"),
     "demo": ("flagstream.demo", "main", "the whole pipeline on the local stack, live"),
     "loadtest": ("loadtest.cli", "main", "load generator and benchmark scenarios"),
+    "eval": ("flagstream.eval_cli", "main", "evaluate flags for a context (relay or data file)"),
 }
 
 

@@ -2,13 +2,33 @@
 
 ``validate_flag`` / ``validate_segment`` take parsed JSON (untrusted: whatever an operator
 sent) and either raise ``ValidationError`` naming the exact path of the first bad field
-(``rules[2].clauses[0].op``) or return a **normalized copy**:
+(``rules[2].clauses[0].op``) or return a **normalized copy**.
+
+What is accepted: everything LaunchDarkly's SDKs read and can evaluate without an error
+(LaunchDarkly stores such data, and its SDK test harness uses it): an off flag without
+``fallthrough``, rollout weights that do not add up to 100000 (the last bucket takes the
+rest), an unknown clause operator (it never matches), clause values of any JSON type
+(arrays and objects compare deeply with ``in``), a ``segmentMatch`` clause without
+``attribute``, targets and rules without ``values`` / ``clauses`` (empty), empty strings
+where LaunchDarkly reads "absent" (``bucketBy``, ``contextKind``), no variations at all.
+
+What is refused (422), besides JSON of the wrong type or shape (what the SDKs would not
+read): data that can only ever give an error where evaluation reaches it — a variation
+index out of range, a rollout without buckets, a rule or a present ``fallthrough`` with
+neither ``variation`` nor ``rollout``, a clause (other than ``segmentMatch``) without an
+attribute, a flag that is its own prerequisite, a segment rule that matches its own segment.
+A prerequisite or segment cycle across items is not detected here (single-item validation);
+it evaluates to ``MALFORMED_FLAG`` and never breaks a relay.
+
+Normalization:
 
 - every field an SDK reads is present: absent optional fields are filled with the
   LaunchDarkly defaults (``on: false``, ``offVariation: null``, ``targets: []``, ``salt: ""``,
-  ``clientSideAvailability: {usingMobileKey: false, usingEnvironmentId: false}``,
-  ``deleted: false``, rule ``trackEvents: false``, clause ``negate: false``, ...). Filling the
-  defaults changes no evaluation: they are what SDKs assume for a missing field.
+  ``deleted: false``, rule ``trackEvents: false``, clause ``negate: false``, ``values: []``,
+  ...). ``clientSideAvailability`` absent is filled as LaunchDarkly reads its old schema:
+  ``{usingMobileKey: true, usingEnvironmentId: <clientSide>}``. ``fallthrough`` is left out
+  if it was. Filling the defaults changes no evaluation: they are what SDKs assume for a
+  missing field.
 - unknown extra fields are preserved unchanged, at every level (LaunchDarkly adds fields;
   SDKs that know them get them).
 - ``version`` is checked if present (a positive integer <= 2**53-1) but never filled: the
@@ -70,7 +90,7 @@ CLAUSE_OPERATORS: Final = frozenset(
         "semVerGreaterThan",
     }
 )
-_ROLLOUT_KINDS: Final = frozenset({"rollout", "experiment"})
+_SAFE_INT: Final = 2**53 - 1  # JSON integers every SDK reads exactly
 
 
 def encode_item(item: Mapping[str, Any]) -> bytes:
@@ -172,15 +192,15 @@ def _variation(value: object, path: str, n: int) -> int:
     if type(value) is not int:
         raise ValidationError(path, "must be an integer variation index")
     if not 0 <= value < n:
+        if n == 0:
+            raise ValidationError(path, f"variation index {value}, but the flag has no variations")
         raise ValidationError(path, f"variation index {value} out of range (0..{n - 1})")
     return value
 
 
-def _string(value: object, path: str, *, nonempty: bool = False) -> str:
+def _string(value: object, path: str) -> str:
     if not isinstance(value, str):
         raise ValidationError(path, "must be a string")
-    if nonempty and not value:
-        raise ValidationError(path, "must not be empty")
     return value
 
 
@@ -223,15 +243,12 @@ def validate_flag(obj: object) -> dict[str, Any]:
     if flag["deleted"]:
         return flag
     key: str = flag["key"]
-    variations = _list(flag.get("variations"), "variations")
+    variations = _list(_default(flag, "variations", []), "variations")
     n = len(variations)
-    if n == 0:
-        raise ValidationError("variations", "must have at least one variation")
     flag["variations"] = list(variations)
     _bool_field(flag, "on", "")
-    if "fallthrough" not in flag:
-        raise ValidationError("fallthrough", "is required")
-    flag["fallthrough"] = _variation_or_rollout(flag["fallthrough"], "fallthrough", n)
+    if flag.get("fallthrough") is not None:  # left out: fine for an off flag (module doc)
+        flag["fallthrough"] = _variation_or_rollout(flag["fallthrough"], "fallthrough", n)
     if flag.get("offVariation") is not None:
         _variation(flag["offVariation"], "offVariation", n)
     flag["offVariation"] = flag.get("offVariation")
@@ -251,7 +268,15 @@ def validate_flag(obj: object) -> dict[str, Any]:
     _string(_default(flag, "salt", ""), "salt")
     _bool_field(flag, "trackEvents", "")
     _bool_field(flag, "trackEventsFallthrough", "")
-    csa = _object(_default(flag, "clientSideAvailability", {}), "clientSideAvailability")
+    if flag.get("clientSideAvailability") is None:
+        # LaunchDarkly's old schema: mobile SDKs saw every flag, JS ones those with clientSide.
+        if flag.get("clientSide") is not None and not isinstance(flag["clientSide"], bool):
+            raise ValidationError("clientSide", "must be true or false")
+        flag["clientSideAvailability"] = {
+            "usingMobileKey": True,
+            "usingEnvironmentId": flag.get("clientSide") is True,
+        }
+    csa = _object(flag["clientSideAvailability"], "clientSideAvailability")
     _bool_field(csa, "usingMobileKey", "clientSideAvailability")
     _bool_field(csa, "usingEnvironmentId", "clientSideAvailability")
     flag["clientSideAvailability"] = csa
@@ -283,16 +308,15 @@ def _variation_or_rollout(value: object, path: str, n: int) -> dict[str, Any]:
 
 
 def _vor_fields(obj: dict[str, Any], path: str, n: int) -> None:
-    """A fallthrough or rule: exactly one of ``variation`` and ``rollout`` (null = absent)."""
+    """A fallthrough or rule: a ``variation``, a ``rollout``, or both (the variation wins, as
+    in LaunchDarkly's SDKs); null = absent. Neither can only ever evaluate to an error."""
     has_variation = obj.get("variation") is not None
     has_rollout = obj.get("rollout") is not None
-    if has_variation and has_rollout:
-        raise ValidationError(path, "must have either a variation or a rollout, not both")
     if has_variation:
         _variation(obj["variation"], _join(path, "variation"), n)
-    elif has_rollout:
+    if has_rollout:
         obj["rollout"] = _rollout(obj["rollout"], _join(path, "rollout"), n)
-    else:
+    if not has_variation and not has_rollout:
         raise ValidationError(path, "must have a variation or a rollout")
 
 
@@ -302,25 +326,21 @@ def _rollout(value: object, path: str, n: int) -> dict[str, Any]:
     weighted = _list(rollout.get("variations"), vpath)
     if not weighted:
         raise ValidationError(vpath, "must not be empty")
-    total = 0
     copies = []
     for i, wv in enumerate(weighted):
         p = f"{vpath}[{i}]"
         entry = _object(wv, p)
         _variation(entry.get("variation"), _join(p, "variation"), n)
-        total += _int(entry.get("weight"), _join(p, "weight"), 0, ROLLOUT_TOTAL)
+        # Weights need not add up to ROLLOUT_TOTAL: past the last bucket is the last bucket.
+        _int(entry.get("weight"), _join(p, "weight"), -_SAFE_INT, _SAFE_INT)
         if entry.get("untracked") is not None and not isinstance(entry["untracked"], bool):
             raise ValidationError(_join(p, "untracked"), "must be true or false")
         copies.append(entry)
-    if total != ROLLOUT_TOTAL:
-        raise ValidationError(vpath, f"weights must sum to {ROLLOUT_TOTAL} (got {total})")
     rollout["variations"] = copies
-    kind = rollout.get("kind")
-    if kind is not None and (not isinstance(kind, str) or kind not in _ROLLOUT_KINDS):
-        raise ValidationError(_join(path, "kind"), "must be 'rollout' or 'experiment'")
-    for name in ("bucketBy", "contextKind"):
+    # Any other kind than "experiment" is a plain rollout; "" bucketBy/contextKind = absent.
+    for name in ("kind", "bucketBy", "contextKind"):
         if rollout.get(name) is not None:
-            _string(rollout[name], _join(path, name), nonempty=True)
+            _string(rollout[name], _join(path, name))
     if rollout.get("seed") is not None:
         _int(rollout["seed"], _join(path, "seed"), -(2**63), 2**63 - 1)
     return rollout
@@ -328,10 +348,11 @@ def _rollout(value: object, path: str, n: int) -> dict[str, Any]:
 
 def _target(value: object, path: str, n: int) -> dict[str, Any]:
     target = _object(value, path)
-    target["values"] = _strings(target.get("values"), _join(path, "values"))
+    # A contextTargets entry of kind user keeps its keys in `targets`: no values of its own.
+    target["values"] = _strings(_default(target, "values", []), _join(path, "values"))
     _variation(target.get("variation"), _join(path, "variation"), n)
     if target.get("contextKind") is not None:
-        _string(target["contextKind"], _join(path, "contextKind"), nonempty=True)
+        _string(target["contextKind"], _join(path, "contextKind"))
     return target
 
 
@@ -349,32 +370,32 @@ def _rule_common(rule: dict[str, Any], path: str, self_segment: str | None) -> N
     cpath = _join(path, "clauses")
     rule["clauses"] = [
         _clause(c, f"{cpath}[{i}]", self_segment)
-        for i, c in enumerate(_list(rule.get("clauses"), cpath))
+        for i, c in enumerate(_list(_default(rule, "clauses", []), cpath))
     ]
 
 
 def _clause(value: object, path: str, self_segment: str | None) -> dict[str, Any]:
     clause = _object(value, path)
     op = clause.get("op")
-    if not isinstance(op, str) or op not in CLAUSE_OPERATORS:
-        raise ValidationError(_join(path, "op"), f"unknown operator {op!r}")
-    attribute = _string(clause.get("attribute"), _join(path, "attribute"))
-    if not attribute and op != "segmentMatch":
-        raise ValidationError(_join(path, "attribute"), "must not be empty")
+    if not isinstance(op, str):
+        raise ValidationError(_join(path, "op"), "must be an operator name (a string)")
+    # An operator LaunchDarkly's SDKs do not know never matches: accepted, as they do.
+    if op == "segmentMatch":
+        _string(_default(clause, "attribute", ""), _join(path, "attribute"))
+    else:
+        attribute = _string(clause.get("attribute"), _join(path, "attribute"))
+        if not attribute:
+            raise ValidationError(_join(path, "attribute"), "must not be empty")
     vpath = _join(path, "values")
-    values = _list(clause.get("values"), vpath)
-    for i, v in enumerate(values):
-        p = f"{vpath}[{i}]"
-        if isinstance(v, list | dict):
-            raise ValidationError(p, "must be a string, number, boolean or null")
-        if op == "segmentMatch":
-            validate_key(v, path=p)
-            if v == self_segment:
-                raise ValidationError(p, "a segment cannot match itself")
+    values = _list(_default(clause, "values", []), vpath)
+    # Any JSON value: `in` compares arrays and objects deeply; other operators skip them.
+    if op == "segmentMatch" and self_segment is not None and self_segment in values:
+        i = values.index(self_segment)
+        raise ValidationError(f"{vpath}[{i}]", "a segment cannot match itself")
     clause["values"] = list(values)
     _bool_field(clause, "negate", path)
     if clause.get("contextKind") is not None:
-        _string(clause["contextKind"], _join(path, "contextKind"), nonempty=True)
+        _string(clause["contextKind"], _join(path, "contextKind"))
     return clause
 
 
@@ -411,7 +432,7 @@ def validate_segment(obj: object) -> dict[str, Any]:
     if segment.get("unbounded") is not None and not isinstance(segment["unbounded"], bool):
         raise ValidationError("unbounded", "must be true or false")
     if segment.get("unboundedContextKind") is not None:
-        _string(segment["unboundedContextKind"], "unboundedContextKind", nonempty=True)
+        _string(segment["unboundedContextKind"], "unboundedContextKind")
     if segment.get("generation") is not None:
         _int(segment["generation"], "generation", 0, MAX_VERSION)
     return segment
@@ -419,8 +440,9 @@ def validate_segment(obj: object) -> dict[str, Any]:
 
 def _segment_target(value: object, path: str) -> dict[str, Any]:
     target = _object(value, path)
-    _string(target.get("contextKind"), _join(path, "contextKind"), nonempty=True)
-    target["values"] = _strings(target.get("values"), _join(path, "values"))
+    if target.get("contextKind") is not None:  # absent or "": user
+        _string(target["contextKind"], _join(path, "contextKind"))
+    target["values"] = _strings(_default(target, "values", []), _join(path, "values"))
     return target
 
 
@@ -428,10 +450,10 @@ def _segment_rule(value: object, path: str, segment_key: str) -> dict[str, Any]:
     rule = _object(value, path)
     _rule_common(rule, path, self_segment=segment_key)
     if rule.get("weight") is not None:
-        _int(rule["weight"], _join(path, "weight"), 0, ROLLOUT_TOTAL)
+        _int(rule["weight"], _join(path, "weight"), -_SAFE_INT, _SAFE_INT)
     for name in ("bucketBy", "rolloutContextKind"):
         if rule.get(name) is not None:
-            _string(rule[name], _join(path, name), nonempty=True)
+            _string(rule[name], _join(path, name))
     return rule
 
 
@@ -464,4 +486,5 @@ def _segment_matches(rules: Any) -> frozenset[str]:
         for clause in rule["clauses"]
         if clause["op"] == "segmentMatch"
         for value in clause["values"]
+        if isinstance(value, str)
     )

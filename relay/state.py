@@ -21,8 +21,13 @@ Rules (the state machine is fed records in partition order by ``relay.source.Fol
 - Caching. The encoded ``put`` events and polling body of an environment are built once per
   position and reused by every request until the next change of that environment, so a
   reconnect herd costs one encode.
+- Evaluation. Every applied flag or segment (bootstrap included) is compiled right after it
+  is stored, by ``self.evaluation`` (``relay.evaluation.EvaluationService``): compile per
+  change, never per request. A malformed item is still stored and served raw; it evaluates
+  to ``ERROR/MALFORMED_FLAG``.
 - Listeners. Once ready, every *applied* item change is passed to the listeners (the hub's
-  ``publish``) synchronously, in offset order, right after the state changed. During the
+  ``publish``) synchronously, in offset order, right after the state changed. The ``Change``
+  carries ``affected_flags``: the flag keys whose evaluation it can alter. During the
   bootstrap nothing is published: no stream can exist yet.
 """
 
@@ -34,6 +39,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from protocol import ld
 from protocol.envelope import Envelope, decode_envelope
@@ -41,6 +47,7 @@ from protocol.errors import EnvelopeError, ProtocolError
 from protocol.keys import ItemKind, partition_for, record_key
 from protocol.position import Position
 from relay.credentials import CredentialIndex
+from relay.evaluation import EvaluationService
 from relay.metrics import RelayMetrics
 from relay.stream import StreamKind
 
@@ -60,6 +67,8 @@ class Change:
     offset: int  # Kafka offset that carried it
     published_ms: int  # envelope publish timestamp (for fan-out delay metric)
     position: str  # str(Position(epoch, offset)) — the SSE id for this change
+    # Flag keys whose evaluated result this change can alter (relay.evaluation, rule 4).
+    affected_flags: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +175,7 @@ class State:
     def __init__(self, metrics: RelayMetrics) -> None:
         self.metrics = metrics
         self.credentials = CredentialIndex()
+        self.evaluation = EvaluationService()
         self.environments: dict[str, Environment] = {}
         self.epoch: str | None = None
         self.partitions = 0
@@ -196,6 +206,7 @@ class State:
         if changed:
             log.error("topic epoch changed (%s -> %s): rebuilding state", self.epoch, epoch)
             self.environments.clear()
+            self.evaluation.clear()
             self.credentials = CredentialIndex()
             self.next_offsets = {}
             self._bootstrap_targets = None
@@ -356,7 +367,7 @@ class State:
         if held is not None and env.version <= held.version:
             self.metrics.records_ignored_total.inc()
             return False
-        problem = _check_item(env)
+        problem, parsed = _check_item(env)
         if problem:
             self._skip(rec, problem)
             return False
@@ -374,6 +385,7 @@ class State:
             offset=rec.offset,
         )
         environment.offset = rec.offset
+        affected = self.evaluation.apply(env.env, kind, env.key, None if env.deleted else parsed)
         # Before the bootstrap completed no stream exists (they are refused), so skipping
         # the hub keeps a large bootstrap cheap.
         if self.listeners and self.ready:
@@ -387,6 +399,7 @@ class State:
                 offset=rec.offset,
                 published_ms=env.published_ms,
                 position=str(self.position(environment)),
+                affected_flags=affected,
             )
             for listener in self.listeners:
                 try:
@@ -432,20 +445,20 @@ class State:
                 fut.set_result(None)
 
 
-def _check_item(env: Envelope) -> str | None:
-    """Why an item's JSON must not be spliced into SDK payloads, or None if it is fine.
+def _check_item(env: Envelope) -> tuple[str | None, Any]:
+    """(why an item's JSON must not be spliced into SDK payloads or None, the parsed item).
 
     The relay treats items as opaque beyond key, version and deleted, but an item that is
     not a JSON object would break every SDK of the environment on the next ``put``.
     """
     try:
         obj = json.loads(env.item)
-    except ValueError:
-        return "item is not valid JSON"
+    except (ValueError, RecursionError):
+        return "item is not valid JSON", None
     if not isinstance(obj, dict):
-        return "item is not a JSON object"
+        return "item is not a JSON object", None
     if obj.get("key") != env.key:
-        return "item key differs from the envelope"
+        return "item key differs from the envelope", None
     if obj.get("version") != env.version:
-        return "item version differs from the envelope"
-    return None
+        return "item version differs from the envelope", None
+    return None, obj

@@ -134,9 +134,12 @@ def test_minimal_flag_gets_launchdarkly_defaults() -> None:
         "salt": "",
         "trackEvents": False,
         "trackEventsFallthrough": False,
-        "clientSideAvailability": {"usingMobileKey": False, "usingEnvironmentId": False},
+        # Absent: as LaunchDarkly reads its old schema (mobile sees it, JS if clientSide).
+        "clientSideAvailability": {"usingMobileKey": True, "usingEnvironmentId": False},
     }
     assert "version" not in out  # the publisher assigns versions
+    old = validate_flag({"key": "f", "variations": [1], "clientSide": True})
+    assert old["clientSideAvailability"] == {"usingMobileKey": True, "usingEnvironmentId": True}
 
 
 def test_full_flag_is_kept_with_nested_defaults_filled() -> None:
@@ -288,8 +291,6 @@ FLAG_ERRORS = [
     ("version", 1.0, "version"),
     ("version", None, "version"),
     ("deleted", "no", "deleted"),
-    ("variations", ..., "variations"),
-    ("variations", [], "variations"),
     ("variations", {"a": 1}, "variations"),
     ("variations[2].c[1]", math.nan, "variations[2].c[1]"),
     ("variations[0]", math.inf, "variations[0]"),
@@ -298,10 +299,9 @@ FLAG_ERRORS = [
     ("variations[2]", {1: 2}, "variations[2]"),
     ("variations[2]", {"\udfff": 2}, "variations[2]"),
     ("on", 1, "on"),
-    ("fallthrough", ..., "fallthrough"),
     ("fallthrough", [], "fallthrough"),
     ("fallthrough", {}, "fallthrough"),
-    ("fallthrough", {"variation": 0, "rollout": {}}, "fallthrough"),
+    ("fallthrough", {"variation": 0, "rollout": {}}, "fallthrough.rollout.variations"),
     ("fallthrough", {"variation": 3}, "fallthrough.variation"),
     ("fallthrough", {"variation": -1}, "fallthrough.variation"),
     ("fallthrough", {"variation": "0"}, "fallthrough.variation"),
@@ -309,13 +309,6 @@ FLAG_ERRORS = [
     ("fallthrough.rollout.variations", ..., "fallthrough.rollout.variations"),
     ("fallthrough.rollout.variations", [], "fallthrough.rollout.variations"),
     ("fallthrough.rollout.variations[1]", 5, "fallthrough.rollout.variations[1]"),
-    ("fallthrough.rollout.variations[1].weight", 39999, "fallthrough.rollout.variations"),
-    (
-        "fallthrough.rollout.variations[1].weight",
-        100001,
-        "fallthrough.rollout.variations[1].weight",
-    ),
-    ("fallthrough.rollout.variations[1].weight", -1, "fallthrough.rollout.variations[1].weight"),
     ("fallthrough.rollout.variations[1].weight", 4e4, "fallthrough.rollout.variations[1].weight"),
     (
         "fallthrough.rollout.variations[1].variation",
@@ -327,39 +320,30 @@ FLAG_ERRORS = [
         "no",
         "fallthrough.rollout.variations[0].untracked",
     ),
-    ("fallthrough.rollout.kind", "ab", "fallthrough.rollout.kind"),
-    ("fallthrough.rollout.bucketBy", "", "fallthrough.rollout.bucketBy"),
     ("fallthrough.rollout.contextKind", 3, "fallthrough.rollout.contextKind"),
     ("fallthrough.rollout.seed", 2**63, "fallthrough.rollout.seed"),
     ("offVariation", 3, "offVariation"),
     ("offVariation", False, "offVariation"),
     ("targets", {}, "targets"),
     ("targets[0]", "u1", "targets[0]"),
-    ("targets[0].values", ..., "targets[0].values"),
     ("targets[0].values[1]", 2, "targets[0].values[1]"),
     ("targets[0].variation", 9, "targets[0].variation"),
-    ("contextTargets[0].contextKind", "", "contextTargets[0].contextKind"),
     ("rules", "r", "rules"),
     ("rules[1]", None, "rules[1]"),
     ("rules[0].id", 5, "rules[0].id"),
-    ("rules[0].clauses", ..., "rules[0].clauses"),
     ("rules[0].clauses[2]", [], "rules[0].clauses[2]"),
-    ("rules[0].clauses[0].op", "like", "rules[0].clauses[0].op"),
     ("rules[0].clauses[0].op", ..., "rules[0].clauses[0].op"),
+    ("rules[0].clauses[0].op", 3, "rules[0].clauses[0].op"),
+    ("rules[0].clauses[1].attribute", 3, "rules[0].clauses[1].attribute"),
+    ("rules[0].clauses[0].values", {}, "rules[0].clauses[0].values"),
     ("rules[0].clauses[0].op", ["in"], "rules[0].clauses[0].op"),
     ("rules[0].clauses[0].attribute", ..., "rules[0].clauses[0].attribute"),
     ("rules[0].clauses[0].attribute", "", "rules[0].clauses[0].attribute"),
     ("rules[0].clauses[0].values", "x", "rules[0].clauses[0].values"),
-    ("rules[0].clauses[0].values[0]", ["x"], "rules[0].clauses[0].values[0]"),
-    ("rules[0].clauses[0].values[0]", {"x": 1}, "rules[0].clauses[0].values[0]"),
     ("rules[0].clauses[0].negate", "yes", "rules[0].clauses[0].negate"),
-    ("rules[0].clauses[0].contextKind", "", "rules[0].clauses[0].contextKind"),
-    ("rules[0].clauses[1].values[0]", "not a key!", "rules[0].clauses[1].values[0]"),
-    ("rules[0].clauses[1].values[0]", 3, "rules[0].clauses[1].values[0]"),
     ("rules[0].variation", ..., "rules[0]"),
     ("rules[0].variation", 5, "rules[0].variation"),
     ("rules[0].trackEvents", "t", "rules[0].trackEvents"),
-    ("rules[1].rollout.variations[0].weight", 5, "rules[1].rollout.variations"),
     ("prerequisites", {}, "prerequisites"),
     ("prerequisites[0]", "other-flag", "prerequisites[0]"),
     ("prerequisites[0].key", "checkout", "prerequisites[0].key"),
@@ -370,6 +354,7 @@ FLAG_ERRORS = [
     ("trackEvents", "f", "trackEvents"),
     ("trackEventsFallthrough", 0, "trackEventsFallthrough"),
     ("clientSideAvailability", [], "clientSideAvailability"),
+    ("clientSideAvailability", None, "clientSide"),  # then clientSide is read: set below
     ("clientSideAvailability.usingMobileKey", "y", "clientSideAvailability.usingMobileKey"),
     ("clientSideAvailability.usingEnvironmentId", 1, "clientSideAvailability.usingEnvironmentId"),
     ("debugEventsUntilDate", "soon", "debugEventsUntilDate"),
@@ -384,6 +369,8 @@ FLAG_ERRORS = [
 def test_flag_errors_name_the_path(path: str, value: object, error_path: str) -> None:
     flag = full_flag()
     setp(path, value)(flag)
+    if error_path == "clientSide":
+        flag["clientSide"] = "yes"
     with pytest.raises(ValidationError) as exc:
         validate_flag(flag)
     assert exc.value.path == error_path, str(exc.value)
@@ -401,20 +388,82 @@ def test_root_must_be_an_object(doc: object) -> None:
 
 def test_error_messages_are_clear() -> None:
     flag = full_flag()
-    flag["rules"][2:] = [
-        {"clauses": [{"attribute": "a", "op": "like", "values": []}], "variation": 0}
-    ]
+    flag["rules"][2:] = [{"clauses": [{"attribute": "a", "op": "in", "values": []}]}]
     with pytest.raises(ValidationError) as exc:
         validate_flag(flag)
-    assert str(exc.value) == "rules[2].clauses[0].op: unknown operator 'like'"
+    assert str(exc.value) == "rules[2]: must have a variation or a rollout"
     flag = full_flag()
-    flag["fallthrough"]["rollout"]["variations"][1]["weight"] = 1
-    with pytest.raises(ValidationError, match=r"weights must sum to 100000 \(got 60001\)"):
+    flag["rules"][0]["clauses"][0]["attribute"] = ""
+    with pytest.raises(ValidationError, match=r"^rules\[0\]\.clauses\[0\]\.attribute: must not"):
         validate_flag(flag)
     flag = full_flag()
     flag["offVariation"] = 5
     with pytest.raises(ValidationError, match=r"out of range \(0\.\.2\)"):
         validate_flag(flag)
+
+
+# What LaunchDarkly stores and evaluates without an error: accepted (see protocol.model).
+LAUNCHDARKLY_ACCEPTS = [
+    ("fallthrough", ...),  # off flags are stored without one
+    ("fallthrough.rollout.variations[1].weight", 39999),  # the last bucket takes the rest
+    ("fallthrough.rollout.variations[1].weight", 100001),
+    ("fallthrough.rollout.kind", "ab"),  # a plain rollout
+    ("fallthrough.rollout.bucketBy", ""),  # bucket by key
+    ("fallthrough.rollout.contextKind", ""),
+    ("targets[0].values", ...),
+    ("contextTargets[0].contextKind", ""),
+    ("contextTargets[0].values", ...),  # a user context target keeps its keys in targets
+    ("rules[0].clauses", ...),  # matches everyone
+    ("rules[0].clauses[0].op", "like"),  # an unknown operator never matches
+    ("rules[0].clauses[0].values", ...),
+    ("rules[0].clauses[0].values[0]", ["x"]),  # `in` compares arrays and objects deeply
+    ("rules[0].clauses[0].values[0]", {"x": 1}),
+    ("rules[0].clauses[0].contextKind", ""),
+    ("rules[0].clauses[1].values[0]", "not a key!"),  # no such segment: no match
+    ("rules[0].clauses[1].values[0]", 3),
+    ("rules[0].clauses[1].attribute", ...),  # segmentMatch reads no attribute
+    ("rules[0].variation", 0),  # with a rollout too: the variation wins
+    ("rules[1].rollout.variations[0].weight", 5),
+    ("clientSideAvailability", ...),
+]
+
+
+@pytest.mark.parametrize(("path", "value"), LAUNCHDARKLY_ACCEPTS)
+def test_data_launchdarkly_evaluates_is_accepted(path: str, value: object) -> None:
+    flag = full_flag()
+    flag["rules"][0]["rollout"] = {"variations": [{"variation": 0, "weight": 100000}]}
+    setp(path, value)(flag)
+    out = validate_flag(flag)
+    assert validate_flag(out) == out
+    sdk_accepts_flag(out)
+
+
+def test_an_off_flag_without_variations_is_accepted() -> None:
+    out = validate_flag({"key": "f", "on": False})
+    assert out["variations"] == [] and "fallthrough" not in out
+    with pytest.raises(
+        ValidationError, match="offVariation: variation index 0, but the flag has no"
+    ):
+        validate_flag({"key": "f", "on": False, "offVariation": 0})
+
+
+SEGMENT_ACCEPTS = [
+    ("includedContexts[0].contextKind", ...),  # user
+    ("excludedContexts[0].values", None),
+    ("rules[0].clauses", None),
+    ("rules[0].weight", 100001),
+    ("rules[0].bucketBy", ""),
+    ("unboundedContextKind", ""),
+]
+
+
+@pytest.mark.parametrize(("path", "value"), SEGMENT_ACCEPTS)
+def test_segment_data_launchdarkly_evaluates_is_accepted(path: str, value: object) -> None:
+    segment = full_segment()
+    setp(path, value)(segment)
+    out = validate_segment(segment)
+    assert validate_segment(out) == out
+    sdk_accepts_segment(out)
 
 
 SEGMENT_ERRORS = [
@@ -424,18 +473,17 @@ SEGMENT_ERRORS = [
     ("excluded[0]", None, "excluded[0]"),
     ("includedContexts", {}, "includedContexts"),
     ("includedContexts[0]", [], "includedContexts[0]"),
-    ("includedContexts[0].contextKind", ..., "includedContexts[0].contextKind"),
-    ("excludedContexts[0].values", None, "excludedContexts[0].values"),
     ("rules", {}, "rules"),
     ("rules[0]", 1, "rules[0]"),
-    ("rules[0].clauses", None, "rules[0].clauses"),
+    ("rules[0].weight", 1.5, "rules[0].weight"),
+    ("rules[0].bucketBy", 1, "rules[0].bucketBy"),
+    ("includedContexts[0].contextKind", 5, "includedContexts[0].contextKind"),
+    ("rules[0].clauses[0].attribute", "", "rules[0].clauses[0].attribute"),
     ("rules[0].clauses[1].values[0]", "beta", "rules[0].clauses[1].values[0]"),
-    ("rules[0].weight", 100001, "rules[0].weight"),
-    ("rules[0].bucketBy", "", "rules[0].bucketBy"),
     ("rules[0].rolloutContextKind", 1, "rules[0].rolloutContextKind"),
     ("salt", [], "salt"),
     ("unbounded", "no", "unbounded"),
-    ("unboundedContextKind", "", "unboundedContextKind"),
+    ("unboundedContextKind", 1, "unboundedContextKind"),
     ("generation", -1, "generation"),
     ("deleted", 1, "deleted"),
 ]
