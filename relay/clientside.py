@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -70,6 +71,7 @@ _AUDIENCE: Final[dict[Sdk, SdkKind]] = {"js": "client", "mobile": "mobile", "ser
 _JSON_TYPES: Final = frozenset({"application/json"})
 _JS_METHODS: Final = "GET,REPORT,POST,OPTIONS"
 _TRUE: Final = frozenset({"true", "1"})
+_BASE64URL: Final = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -181,6 +183,17 @@ class ClientSideHandlers:
             encoded = request.match_info["ctx"]
             if len(encoded) > limit * 4 // 3 + 4:
                 raise _Refused(self._too_large(cors))
+            if not _BASE64URL.fullmatch(encoded):
+                # Python's decoder would skip stray characters; say what is wrong instead.
+                raise _Refused(
+                    problem(
+                        400,
+                        "Bad Request",
+                        "invalid context: the path segment is not base64url "
+                        "(A-Z a-z 0-9 - _, optional = padding)",
+                        headers=cors,
+                    )
+                )
             parse = lambda: parse_context_base64(encoded)  # noqa: E731
         try:
             return parse()
@@ -280,13 +293,13 @@ class ClientSideHandlers:
             except _Refused as refused:
                 self._count(sdk, "stream", refused.response.status)
                 return refused.response
-            self._count(sdk, "stream", response.status)
             return response
 
         return handler
 
     async def _ping_stream(self, request: web.Request, target: _Target) -> web.StreamResponse:
         environment = target.environment
+        self._count(target.sdk, "stream", 200)  # counted when it starts: streams last
         response: web.StreamResponse = await self.hub.serve_stream(
             request,
             env=environment.key,
@@ -345,6 +358,7 @@ class ClientSideHandlers:
             flags = view.all_flags(context, audience, with_reasons) if view is not None else b"{}"
             initial = clientside.put_event(flags, str(Position(state.epoch, environment.offset)))
             self.metrics.full_puts_total.inc()
+        self._count(target.sdk, "stream", 200)
         # No await between computing `initial` and the hub registering the stream.
         response: web.StreamResponse = await self.hub.serve_stream(
             request,
