@@ -10,8 +10,8 @@ Rules (``protocol.clientside`` defines the formats and the version rules):
 2. Per request, only the flags that can depend on the context are evaluated; each result's
    JSON, restamped with its version, is built once per result object and view (results are
    pre-built objects of the compiled flag) and reused by every later request.
-3. Full payloads are cached per view by (context fingerprint, audience, reasons), a bounded
-   number of them, so a reconnect herd of one context costs one evaluation.
+3. Full payloads are cached per view by (context fingerprint, audience, reasons), at most
+   4 MiB of them, so a reconnect herd of one context costs one evaluation.
 4. Catch-up after ``Last-Event-ID`` X (same epoch): a ``patch`` for every visible flag whose
    dependency offset is > X (something it reads changed since X: its result may have), a
    ``delete`` for every flag deleted, or no longer visible, since X; never a ``put``.
@@ -29,7 +29,8 @@ from relay.state import Environment, State
 
 __all__ = ["ClientViews", "EnvView"]
 
-_PAYLOAD_CACHE_MAX: Final = 1024
+# Full payloads kept per view (rule 3), by total size: distinct contexts must not pile up.
+_PAYLOAD_CACHE_BYTES: Final = 4 * 1024 * 1024
 _RESULT_CACHE_MAX: Final = 65_536
 
 
@@ -66,7 +67,15 @@ class _Audience:
 class EnvView:
     """One environment at one position, as client SDKs see it (see the module rules)."""
 
-    __slots__ = ("_audiences", "_payloads", "_results", "env", "offset", "versions")
+    __slots__ = (
+        "_audiences",
+        "_payload_bytes",
+        "_payloads",
+        "_results",
+        "env",
+        "offset",
+        "versions",
+    )
 
     def __init__(self, env: CompiledEnvironment, environment: Environment) -> None:
         self.env = env
@@ -82,6 +91,7 @@ class EnvView:
         self._audiences: dict[SdkKind, _Audience] = {}
         self._results: dict[int, tuple[EvaluationResult, bytes, bytes]] = {}
         self._payloads: dict[tuple[str, SdkKind, bool], bytes] = {}
+        self._payload_bytes = 0
 
     def audience(self, sdk: SdkKind) -> _Audience:
         found = self._audiences.get(sdk)
@@ -112,18 +122,27 @@ class EnvView:
             return body
         audience = self.audience(sdk)
         flags, segments = self.env.flags, self.env.segments
-        fragment = self.fragment
-        parts = [
-            fragment(flag.evaluate(context, flags, segments), version, with_reasons)
-            for flag, version in audience.dynamic
-        ]
+        cache = self._results
+        parts: list[bytes] = []
+        append = parts.append
+        # Rule 2, inlined (this loop is the per-request cost): the cached, restamped JSON of
+        # each result object, built on the first request that got that result.
+        for flag, version in audience.dynamic:
+            result = flag.evaluate(context, flags, segments)
+            cached = cache.get(id(result))
+            if cached is None or cached[0] is not result:
+                append(self.fragment(result, version, with_reasons))
+            else:
+                append(cached[2] if with_reasons else cached[1])
         blob = audience.blobs[with_reasons]
         if blob:
             parts.append(blob)
         body = b"{" + b",".join(parts) + b"}"
-        if len(self._payloads) >= _PAYLOAD_CACHE_MAX:
+        if self._payload_bytes + len(body) > _PAYLOAD_CACHE_BYTES:
             self._payloads.clear()
+            self._payload_bytes = 0
         self._payloads[cache_key] = body
+        self._payload_bytes += len(body)
         return body
 
     def catchup(
