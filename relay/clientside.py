@@ -38,6 +38,10 @@ Rules, in the order a request meets them:
    position (as for ``/all``, ``relay.app`` rule 2) and sends only the catch-up
    (``relay.clientview`` rule 4); else a ``put`` of the evaluated flags. The initial bytes are
    computed and handed to the hub with no ``await`` in between, so no change is lost.
+6. When an environment's client-side settings change (client-side id, secure mode and its
+   secret, allowed origins, stream mode), its open client streams are closed (reason
+   ``settings``): their SDKs reconnect at once and are admitted, or refused, under the new
+   settings. Key rotations close nothing (as for ``/all``).
 """
 
 from __future__ import annotations
@@ -422,6 +426,16 @@ class ClientSideHandlers:
         self.metrics.client_requests_total.labels(sdk=sdk, request=request, code=str(code)).inc()
 
 
+def _client_settings(record: EnvironmentRecord) -> tuple[object, ...]:
+    return (
+        record.client_side_id,
+        record.secure_mode,
+        record.secure_mode_secret,
+        record.allowed_origins,
+        record.client_stream_mode,
+    )
+
+
 def register_client_routes(app: web.Application, base: RelayHandlers) -> ClientSideHandlers:
     """Add every client-side and mobile route to ``app`` (one call from ``relay.app``)."""
     h = ClientSideHandlers(base)
@@ -436,7 +450,25 @@ def register_client_routes(app: web.Application, base: RelayHandlers) -> ClientS
         )
 
     h.hub.env_source = env_source
+
+    def settings_changed(record: EnvironmentRecord, previous: EnvironmentRecord | None) -> None:
+        # Rule 6: open client streams were admitted under the old settings.
+        if (
+            previous is not None
+            and state.ready
+            and _client_settings(record) != _client_settings(previous)
+        ):
+            closed = h.hub.close_client_streams(record.key)
+            if closed:
+                log.info("client settings changed: %d client streams reconnect", closed)
+
+    def attach() -> None:
+        # The state builds a new credential index when the topic's epoch changes.
+        state.credentials.listeners.append(settings_changed)
+
+    attach()
     state.reset_listeners.append(h.views.clear)
+    state.reset_listeners.append(attach)
     r = app.router
     js_paths: list[str] = []
 

@@ -9,6 +9,8 @@ Rules:
   rotated key stops working at its expiry without any new record.
 - Updating an environment replaces all of its hashes at once (a key removed from the record
   stops resolving immediately).
+- ``listeners`` are called with (new record, previous record or None) after every update,
+  synchronously (``relay.clientside`` closes client streams whose settings changed).
 - Mobile keys resolve like SDK keys (``resolve_mobile``, ``accepts_mobile_key``). A client-side
   id is public and never expires: ``resolve_client_side_id`` looks it up as is. An id or key
   that two environments claim resolves to the one updated last.
@@ -16,10 +18,14 @@ Rules:
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 
 from protocol.environment import EnvironmentRecord, hash_secret
 from protocol.errors import ValidationError
+
+log = logging.getLogger("flagstream.relay.credentials")
 
 # Schemes some clients put before the key; LaunchDarkly SDKs send the bare key.
 _SCHEMES = frozenset({"bearer", "api_key"})
@@ -43,6 +49,7 @@ class CredentialIndex:
         self._by_hash: dict[str, str] = {}
         self._by_mobile_hash: dict[str, str] = {}
         self._by_client_side_id: dict[str, str] = {}
+        self.listeners: list[Callable[[EnvironmentRecord, EnvironmentRecord | None], None]] = []
 
     def __len__(self) -> int:
         return len(self._records)
@@ -56,6 +63,7 @@ class CredentialIndex:
         return record
 
     def update(self, record: EnvironmentRecord) -> None:
+        previous = self._records.get(record.key)
         self.remove(record.key)
         self._records[record.key] = record
         for cred in record.sdk_keys:
@@ -63,6 +71,11 @@ class CredentialIndex:
         for cred in record.mobile_keys:
             self._by_mobile_hash[cred.sha256] = record.key
         self._by_client_side_id[record.client_side_id] = record.key
+        for listener in self.listeners:
+            try:
+                listener(record, previous)
+            except Exception:  # a listener bug must not stop the consumer
+                log.exception("credential listener failed")
 
     def remove(self, env: str) -> None:
         old = self._records.pop(env, None)

@@ -44,7 +44,9 @@ Rules (in the order a change meets them):
    kind), or a group provider like ``relay.evalstream`` (bytes per group).
 
 Close reasons (``connections_closed_total{reason}``): ``client`` (peer went away),
-``evicted`` (rule 5), ``lifetime`` (rule 6), ``drain`` (rule 7).
+``evicted`` (rule 5), ``lifetime`` (rule 6), ``drain`` (rule 7), ``reset`` (topic re-created),
+``settings`` (an environment's client-side settings changed: its client streams reconnect
+under the new ones, ``close_client_streams``).
 """
 
 from __future__ import annotations
@@ -94,8 +96,15 @@ _STREAM_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 
-CloseReason = Literal["client", "evicted", "lifetime", "drain", "reset"]
-_CLOSE_REASONS: tuple[CloseReason, ...] = ("client", "evicted", "lifetime", "drain", "reset")
+CloseReason = Literal["client", "evicted", "lifetime", "drain", "reset", "settings"]
+_CLOSE_REASONS: tuple[CloseReason, ...] = (
+    "client",
+    "evicted",
+    "lifetime",
+    "drain",
+    "reset",
+    "settings",
+)
 
 
 def worker_identity() -> dict[str, int]:
@@ -377,6 +386,18 @@ class Hub:
         positions those SDKs hold mean nothing; they reconnect and get a full put."""
         for c in [c for env in self._envs.values() for c in _all_streams(env)]:
             self._close(c, "reset")
+
+    def close_client_streams(self, env_key: str) -> int:
+        """Close the client (``eval`` and ``ping``) streams of ``env_key`` (reason
+        ``settings``), each with a clean end of body: their SDKs reconnect at once and are
+        admitted under the environment's new settings. Returns how many were closed."""
+        env = self._envs.get(env_key)
+        if env is None:
+            return 0
+        conns = [c for c in _all_streams(env) if c.kind in ("eval", "ping")]
+        for c in conns:
+            self._close(c, "settings")
+        return len(conns)
 
     # --- registration --------------------------------------------------------------------
 

@@ -268,3 +268,49 @@ async def test_client_streams_follow_the_hub_rules() -> None:
         m = relay.metrics
         assert metric(m, "flagstream_relay_client_streams", {"sdk": "js", "mode": "evaluated"}) == 0
         assert metric(m, "flagstream_relay_connections_closed_total", {"reason": "drain"}) == 2
+
+
+async def test_settings_change_closes_client_streams_which_reconnect_under_the_new_ones() -> None:
+    backend = MemoryBackend(MemoryLog(3))
+    await seed(backend, env_envelope(), flags=[targeted("banner", 1)])
+    async with client_relay(backend) as relay, aiohttp.ClientSession() as s:
+        sdk_stream = await s.get(
+            f"{relay.url}/all",
+            headers={"Authorization": "sdk-11111111-2222-3333-4444-555555555555"},
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+        assert sdk_stream.status == 200
+        async with (
+            stream(s, eval_url(relay.url, CAROL)) as client,
+            stream(s, f"{relay.url}/ping/{CLIENT_ID}") as ping,
+        ):
+            await client.wait_events(1)
+            await ping.wait_events(1)
+            # Secure mode turned on (a new environment record): both client streams end.
+            async with backend.producer() as p:
+                await p.send(env_envelope(version=2, secure_mode=True))
+            hub = relay.app[HUB_KEY]
+            await wait_until(lambda: hub.stats()["streams"]["eval"] == 0)
+            assert hub.stats()["streams"]["ping"] == 0
+            assert hub.stats()["streams"]["all"] == 1  # server-side streams are not touched
+            assert (
+                metric(
+                    relay.metrics,
+                    "flagstream_relay_connections_closed_total",
+                    {"reason": "settings"},
+                )
+                == 2
+            )
+            # The SDK's reconnect is judged under the new settings.
+            async with s.get(eval_url(relay.url, CAROL)) as r:
+                assert r.status == 400
+                assert "secure mode" in (await r.json())["detail"]
+            # A record with the same client settings (e.g. a key rotation) closes nothing.
+            async with stream(s, f"{relay.url}/ping/{CLIENT_ID}") as again:
+                await again.wait_events(1)
+                async with backend.producer() as p:
+                    await p.send(env_envelope(version=3, secure_mode=True))
+                await wait_until(lambda: relay.state.credentials.record(ENV).version == 3)  # type: ignore[union-attr]
+                await asyncio.sleep(0.2)
+                assert hub.stats()["streams"]["ping"] == 1
+        sdk_stream.close()
