@@ -108,6 +108,7 @@ class ClientSideHandlers:
         self.settings = base.settings
         self.views = ClientViews(base.state)
         self._max_context = base.settings.max_context_bytes
+        self._request_counters: dict[tuple[str, str, int], Any] = {}
         # Gauge children per (sdk, mode): looked up once, not per stream.
         self._gauges = {
             (sdk, mode): self.metrics.client_streams.labels(sdk=sdk, mode=mode)
@@ -423,7 +424,13 @@ class ClientSideHandlers:
         return web.Response(status=204, headers=headers)
 
     def _count(self, sdk: Sdk, request: str, code: int) -> None:
-        self.metrics.client_requests_total.labels(sdk=sdk, request=request, code=str(code)).inc()
+        child = self._request_counters.get((sdk, request, code))
+        if child is None:
+            child = self.metrics.client_requests_total.labels(
+                sdk=sdk, request=request, code=str(code)
+            )
+            self._request_counters[(sdk, request, code)] = child
+        child.inc()
 
 
 def _client_settings(record: EnvironmentRecord) -> tuple[object, ...]:
