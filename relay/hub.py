@@ -235,10 +235,10 @@ class Hub:
 
     def stats(self) -> dict[str, Any]:
         """For ``/status``: stream counts, fan-out state and which process answered."""
-        by_kind = {"all": 0, "flags": 0, "ping": 0, "eval": 0}
+        by_kind: dict[str, int] = {"all": 0, "flags": 0, "ping": 0, "eval": 0}
         for env in self._envs.values():
             for (kind, _), conns in env.groups.items():
-                by_kind[kind] += len(conns)
+                by_kind[kind] = by_kind.get(kind, 0) + len(conns)
             if env.contexts is not None:
                 by_kind["eval"] += sum(1 for _ in env.contexts.streams())
         return {
