@@ -314,3 +314,82 @@ async def test_settings_change_closes_client_streams_which_reconnect_under_the_n
                 await asyncio.sleep(0.2)
                 assert hub.stats()["streams"]["ping"] == 1
         sdk_stream.close()
+
+
+async def test_a_client_stream_that_stops_reading_is_evicted_and_its_group_released() -> None:
+    import socket
+
+    backend = MemoryBackend(MemoryLog(3))
+    pad = "x" * 20_000
+    big = targeted("banner", 1, variations=[pad + "a", pad + "b"])
+    await seed(backend, env_envelope(), flags=[big])
+    async with client_relay(backend, max_buffer_bytes=64 * 1024) as relay:
+        host, port = "127.0.0.1", int(relay.url.rsplit(":", 1)[1])
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((host, port))
+        path = f"/eval/{CLIENT_ID}/{b64(CAROL)}"
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        hub = relay.app[HUB_KEY]
+        await wait_until(lambda: hub.stats()["streams"]["eval"] == 1)
+        try:
+            # Every change flips carol's value: each round queues a ~20 KB patch nobody reads.
+            for version in range(2, 200):
+                async with backend.producer() as p:
+                    await p.send(
+                        item_envelope(
+                            ENV,
+                            "flag",
+                            targeted(
+                                "banner",
+                                version,
+                                variations=[pad + "a", pad + "b"],
+                                on=version % 2 == 0,
+                            ),
+                        )
+                    )
+                # One round per change (a burst would be coalesced into one patch).
+                await wait_until(
+                    lambda v=version: (
+                        relay.state.environments[ENV].items[("flag", "banner")].version == v
+                    )
+                )
+                await hub.wait_idle()
+                if metric(
+                    relay.metrics,
+                    "flagstream_relay_connections_closed_total",
+                    {"reason": "evicted"},
+                ):
+                    break
+            assert (
+                metric(
+                    relay.metrics,
+                    "flagstream_relay_connections_closed_total",
+                    {"reason": "evicted"},
+                )
+                == 1
+            )
+            assert hub.stats()["evaluatedContexts"] == 0
+            assert metric(relay.metrics, "flagstream_relay_client_stream_contexts") == 0
+        finally:
+            sock.close()
+
+
+async def test_client_streams_end_at_their_lifetime() -> None:
+    backend = MemoryBackend(MemoryLog(3))
+    await seed(backend, env_envelope(), flags=[targeted("banner", 1)])
+    async with (
+        client_relay(backend, max_connection_lifetime=0.3, lifetime_jitter=0.5) as relay,
+        aiohttp.ClientSession() as s,
+    ):
+        for url in (eval_url(relay.url, CAROL), f"{relay.url}/ping/{CLIENT_ID}"):
+            async with s.get(url) as r:
+                assert r.status == 200
+                body = await asyncio.wait_for(r.read(), 10)  # a clean end of the body
+                assert body.startswith(b"event: ")
+        assert (
+            metric(
+                relay.metrics, "flagstream_relay_connections_closed_total", {"reason": "lifetime"}
+            )
+            == 2
+        )
