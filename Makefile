@@ -13,7 +13,7 @@ STAMP := $(VENV)/.flagstream-installed
 # directories on sys.path so their helper modules still import by plain name.
 PYTEST_ARGS ?=
 
-.PHONY: help venv stack-up stack-down stack-status browser ops-tools image lint format typecheck tf-check test run
+.PHONY: help venv stack-up stack-down stack-status browser browser-sdk ops-tools image lint format typecheck tf-check test run
 
 help:
 	@echo "make run           run flagstream (embedded mode: publisher + relay, no services)"
@@ -25,6 +25,7 @@ help:
 	@echo "make browser       install chromium if missing (for the examples page test)"
 	@echo "make ops-tools     install prometheus/promtool, mmdebstrap, buildah, podman, runc if missing"
 	@echo "make image         build the container image localhost/flagstream:dev (buildah, no Docker)"
+	@echo "make browser-sdk   install LaunchDarkly's browser SDK from npm (tests/browser, cached)"
 	@echo "make lint | format | typecheck | tf-check"
 
 venv: $(STAMP)
@@ -102,7 +103,18 @@ image: ops-tools
 		$$(ca="$${PIP_CERT:-$${REQUESTS_CA_BUNDLE:-}}"; [ -n "$$ca" ] && echo "--secret id=pip-ca,src=$$ca") \
 		-t localhost/flagstream:dev .
 
-test: venv stack-up browser ops-tools lint typecheck tf-check
+# LaunchDarkly's browser SDK for the client-side browser test, pinned by the lockfile and
+# installed once into the git-ignored tests/browser/node_modules (again when the lock changes).
+BROWSER_SDK := tests/browser/node_modules/.flagstream-installed
+
+browser-sdk: $(BROWSER_SDK)
+
+$(BROWSER_SDK): tests/browser/package-lock.json
+	@command -v npm >/dev/null || { echo "error: npm is missing: apt-get install -y npm" >&2; exit 1; }
+	npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+	@touch $@
+
+test: venv stack-up browser browser-sdk ops-tools lint typecheck tf-check
 	$(BIN)/coverage erase
 	$(BIN)/coverage run -m pytest --import-mode=importlib $(PYTEST_ARGS)
 	$(BIN)/coverage report --include='protocol/*' --fail-under=100

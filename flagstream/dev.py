@@ -243,6 +243,10 @@ def build_dev_app(
 # --- seed data ---------------------------------------------------------------------------
 
 
+# The demo flags are visible to browser and mobile SDKs too (examples/client-side.html).
+_EVERY_SDK = {"usingEnvironmentId": True, "usingMobileKey": True}
+
+
 def _bool_flag(key: str, *, on: bool, **extra: Any) -> dict[str, Any]:
     flag: dict[str, Any] = {
         "key": key,
@@ -250,6 +254,7 @@ def _bool_flag(key: str, *, on: bool, **extra: Any) -> dict[str, Any]:
         "variations": [True, False],
         "fallthrough": {"variation": 0},
         "offVariation": 1,
+        "clientSideAvailability": _EVERY_SDK,
     }
     flag.update(extra)
     return flag
@@ -289,6 +294,7 @@ SEED_FLAGS: tuple[dict[str, Any], ...] = (
         "variations": ["Welcome to flagstream", "Spring sale: 20% off"],
         "fallthrough": {"variation": 0},
         "offVariation": 0,
+        "clientSideAvailability": _EVERY_SDK,
     },
 )
 
@@ -360,6 +366,7 @@ class DevServer:
     hub: Hub
     data_dir: Path | None = None  # None: ephemeral (in memory)
     token_saved: bool = False  # the admin token was generated and kept in data_dir
+    client_side_id: str | None = None  # of the demo environment (browser SDKs)
 
     @property
     def relay_app(self) -> web.Application:
@@ -494,7 +501,9 @@ async def running(
             # curl line gets the flags, not a 503.
             state = app[_RELAY_APP][STATE_KEY]
             await asyncio.wait_for(state.ready_event.wait(), 30)
+            demo = await backends.store.get_environment(DEMO_ENV) if seed_demo else None
             yield DevServer(
+                client_side_id=demo.client_side_id if demo is not None else None,
                 url=url,
                 host=str(bound_host),
                 port=int(bound_port),
@@ -564,6 +573,8 @@ def banner(server: DevServer, *, token_from_env: bool) -> str:
             f"  publisher API    {url}/api/v1   (OpenAPI: {url}/openapi.json)",
             f"  admin token      {server.admin_token}   ({token_note})",
             f'  SDK key          {key}   (environment "{DEMO_ENV}")',
+            f"  client-side id   {server.client_side_id or '-'}   (browser SDKs: "
+            "examples/client-side.html)",
             "  demo flags       " + ", ".join(f["key"] for f in SEED_FLAGS),
             "",
             "Watch the live stream (in another terminal):",

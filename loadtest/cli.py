@@ -23,9 +23,17 @@ __all__ = ["main"]
 
 
 def _scenarios() -> dict[str, ModuleType]:
-    from loadtest.scenarios import capacity, cold_start, fanout, reconnect_storm, throughput
+    from loadtest.scenarios import (
+        capacity,
+        client_fanout,
+        cold_start,
+        fanout,
+        reconnect_storm,
+        throughput,
+    )
 
-    return {m.NAME: m for m in (fanout, throughput, capacity, reconnect_storm, cold_start)}
+    modules = (fanout, throughput, capacity, reconnect_storm, cold_start, client_fanout)
+    return {m.NAME: m for m in modules}
 
 
 DEFAULT_VIA = {"fanout": "publisher"}

@@ -243,6 +243,21 @@ async def get_environment(request: web.Request) -> web.Response:
     return _json(env_view(record))
 
 
+async def patch_environment(request: web.Request) -> web.Response:
+    """Client-side settings (publisher/client_settings.py). Issue 15's governance adds policy
+    fields to the same route: a merged handler splits the body by field name."""
+    env = request.match_info["env"]
+    actor = _principal(request, "admin", env)
+    body = await _json_body(request)
+    publisher = request.app[PUBLISHER]
+    result = await publisher.update_client_settings(
+        env, body, actor=actor, comment_header=request.headers.get("X-Change-Comment")
+    )
+    if result is None:  # nothing changed: no new version to wait for
+        return _json(env_view(await publisher.require_environment(env)))
+    return await _answer_write(request, result)
+
+
 async def rotate_sdk_key(request: web.Request) -> web.Response:
     env = request.match_info["env"]
     actor = _principal(request, "admin", env)
@@ -373,6 +388,7 @@ ROUTES: tuple[tuple[Method, str, Handler], ...] = (
     ("POST", "/api/v1/environments", create_environment),
     ("GET", "/api/v1/environments", list_environments),
     ("GET", "/api/v1/environments/{env}", get_environment),
+    ("PATCH", "/api/v1/environments/{env}", patch_environment),
     ("POST", "/api/v1/environments/{env}/sdk-keys/rotate", rotate_sdk_key),
     ("GET", "/api/v1/environments/{env}/{kinds:flags|segments}", list_items),
     ("GET", "/api/v1/environments/{env}/{kinds:flags|segments}/{key}", get_item),

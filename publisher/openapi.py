@@ -119,14 +119,25 @@ _SPEC: Final[dict[str, Any]] = {
         "/api/v1/environments": {
             "get": _op("List environments the token can read"),
             "post": _op(
-                "Create an environment {key, name}; the answer holds its SDK key and mobile "
-                "key, shown once (admin scope)",
+                "Create an environment {key, name, and optionally the client-side settings "
+                "of PATCH}; the answer holds its SDK key and mobile key, shown once (admin "
+                "scope)",
                 params=[_COMMENT],
                 body=True,
                 responses={**_WRITE_RESPONSES, "409": _PROBLEM},
             ),
         },
-        "/api/v1/environments/{env}": {"get": _op("Show an environment", params=[_ENV])},
+        "/api/v1/environments/{env}": {
+            "get": _op("Show an environment", params=[_ENV]),
+            "patch": _op(
+                "Change client-side settings: secureMode, secureModeSecret, "
+                "rotateSecureModeSecret, allowedOrigins, clientStreamMode (admin scope; a "
+                "generated secure-mode secret is shown once)",
+                params=[_ENV, _COMMENT],
+                body=True,
+                responses=_WRITE_RESPONSES,
+            ),
+        },
         "/api/v1/environments/{env}/sdk-keys/rotate": {
             "post": _op(
                 "New SDK key (shown once); old keys stay valid for expireOldInSeconds "

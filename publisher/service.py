@@ -17,6 +17,7 @@ Deletes store a tombstone with a new version, so a later PUT continues the versi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -36,6 +37,11 @@ from protocol.errors import ValidationError
 from protocol.keys import Kind, validate_key
 from protocol.model import encode_item, make_tombstone, validate_flag, validate_segment
 from publisher.auth import SCOPES, Principal, new_token_secret, token_sha256
+from publisher.client_settings import (
+    CLIENT_SETTINGS_FIELDS,
+    apply_client_settings,
+    client_settings_view,
+)
 from publisher.mergepatch import apply_merge_patch
 from publisher.problems import ApiError
 from publisher.store import (
@@ -148,6 +154,7 @@ def env_view(record: EnvironmentRecord) -> dict[str, Any]:
         "clientSideId": record.client_side_id,
         "sdkKeys": creds(record.sdk_keys),
         "mobileKeys": creds(record.mobile_keys),
+        **client_settings_view(record),
     }
 
 
@@ -458,7 +465,7 @@ class Publisher:
             raise ApiError(
                 422, f"invalid environment: name: must be a string of 1..{_NAME_MAX} characters"
             )
-        unknown = set(body) - {"key", "name"}
+        unknown = set(body) - {"key", "name"} - CLIENT_SETTINGS_FIELDS
         if unknown:
             raise ApiError(422, f"invalid environment: unknown field(s) {sorted(unknown)}")
         sdk_key, mobile_key, client_side_id = new_sdk_key(), new_mobile_key(), new_client_side_id()
@@ -470,6 +477,7 @@ class Publisher:
             mobile_keys=(CredentialHash(hash_secret(mobile_key), None),),
             client_side_id=client_side_id,
         )
+        record, secret = apply_client_settings(record, body)
         try:
             entry_id = await self._commit_env(
                 record, 0, actor.name, comment, "create-environment", None
@@ -478,6 +486,8 @@ class Publisher:
             raise ApiError(409, f"environment {key!r} already exists") from exc
         view = env_view(record)
         body_out = {**view, "sdkKey": sdk_key, "mobileKey": mobile_key}
+        if secret is not None:
+            body_out["secureModeSecret"] = secret  # shown once, like the keys
         return WriteResult(body_out, entry_id, created=True)
 
     async def _commit_env(
@@ -539,14 +549,8 @@ class Publisher:
                     kept.append(CredentialHash(cred.sha256, until))
             sdk_key = new_sdk_key()
             kept.append(CredentialHash(hash_secret(sdk_key), None))
-            record = EnvironmentRecord(
-                key=current.key,
-                name=current.name,
-                version=current.version + 1,
-                sdk_keys=tuple(kept),
-                mobile_keys=current.mobile_keys,
-                client_side_id=current.client_side_id,
-            )
+            # replace(): every other field (client settings included) stays as it is.
+            record = dataclasses.replace(current, version=current.version + 1, sdk_keys=tuple(kept))
             try:
                 entry_id = await self._commit_env(
                     record, current.version, actor.name, comment, "rotate-sdk-key", current
@@ -612,3 +616,39 @@ class Publisher:
     async def delete_token(self, token_id: str) -> None:
         if not await self.store.delete_token(token_id):
             raise ApiError(404, f"no token with id {token_id[:64]!r}")
+
+    # -- client-side settings (publisher/client_settings.py) -----------------------------
+    async def update_client_settings(
+        self, env: str, body: Any, *, actor: Principal, comment_header: str | None
+    ) -> WriteResult | None:
+        """Apply ``CLIENT_SETTINGS_FIELDS`` of ``body`` to ``env``: a new, audited version of
+        the environment record (relays get it through the log). None: nothing changed."""
+        _url_key(env, "environment")
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object of settings")
+        body = dict(body)
+        comment = _comment(comment_header, body)
+        unknown = set(body) - CLIENT_SETTINGS_FIELDS
+        if unknown:
+            raise ApiError(
+                422,
+                f"invalid environment: unknown field(s) {sorted(unknown)}; client settings are "
+                f"{sorted(CLIENT_SETTINGS_FIELDS)}",
+            )
+        for _ in range(_MAX_ATTEMPTS):
+            current = await self.require_environment(env)
+            updated, secret = apply_client_settings(current, body)
+            if updated == current:
+                return None
+            record = dataclasses.replace(updated, version=current.version + 1)
+            try:
+                entry_id = await self._commit_env(
+                    record, current.version, actor.name, comment, "update-client-settings", current
+                )
+            except VersionConflict:
+                continue
+            body_out = env_view(record)
+            if secret is not None:
+                body_out["secureModeSecret"] = secret
+            return WriteResult(body_out, entry_id, created=False)
+        raise ApiError(409, f"environment {env!r} is being changed concurrently; retry")

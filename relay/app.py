@@ -403,6 +403,9 @@ def build_app(
     app.router.add_get("/livez", handlers.livez)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics_endpoint)
+    from relay.clientside import register_client_routes  # client-side/mobile API family
+
+    register_client_routes(app, handlers)
 
     async def start_follower(app: web.Application) -> None:
         follower.start()

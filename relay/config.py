@@ -116,6 +116,15 @@ class RelaySettings(BaseSettings):
         ),
     )
 
+    # --- client-side and mobile SDKs (relay.clientside) ----------------------------------
+    max_context_bytes: int = Field(
+        default=16_384,
+        ge=256,
+        le=1_048_576,
+        description="largest evaluation context (JSON bytes) a client-side or mobile request "
+        "may send; larger → 413",
+    )
+
     @field_validator("max_connection_lifetime")
     @classmethod
     def _positive_lifetime(cls, value: float | None) -> float | None:

@@ -33,9 +33,20 @@ Rules (in the order a change meets them):
 7. ``drain(window)``: no new streams (``can_accept()`` is False), then every open stream is
    closed, spread evenly over the window, each with a clean end of body so its SDK
    reconnects (elsewhere) at once.
+8. Client streams (``relay.clientside``) are streams like the others for rules 1-7 (the same
+   ``max_connections``, 503, coalescing, slices, eviction, heartbeats, lifetime and drain).
+   ``ping`` streams are one more stream kind: a round encodes one ``ping`` for them.
+   ``eval`` streams belong to a context group (``relay.evalstream``): a round asks each
+   environment's groups for their events (one evaluation per affected flag per distinct
+   context, one encoding per distinct result) and writes each group's batch, framed once
+   per framing, to every stream of the group exactly as rule 2 writes a stream kind's batch.
+   Adding a stream kind means: a branch in ``_encode`` (same bytes for every stream of the
+   kind), or a group provider like ``relay.evalstream`` (bytes per group).
 
 Close reasons (``connections_closed_total{reason}``): ``client`` (peer went away),
-``evicted`` (rule 5), ``lifetime`` (rule 6), ``drain`` (rule 7).
+``evicted`` (rule 5), ``lifetime`` (rule 6), ``drain`` (rule 7), ``reset`` (topic re-created),
+``settings`` (an environment's client-side settings changed: its client streams reconnect
+under the new ones, ``close_client_streams``).
 """
 
 from __future__ import annotations
@@ -49,20 +60,26 @@ import socket
 import time
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import hdrs, web
 
 from protocol import ld
+from protocol.clientside import PING_EVENT
+from relay.evalstream import EnvContexts, GroupEvents, GroupSpec
 from relay.state import item_event
 from relay.stream import CHUNKED_EOF, Connection, StreamKind, StreamProtocol, frame
 
 if TYPE_CHECKING:
+    from protocol.evaluation import CompiledEnvironment
     from relay.config import RelaySettings
     from relay.metrics import RelayMetrics
     from relay.state import Change
+
+# For evaluated streams: env key -> (compiled environment, its position offset, epoch).
+EnvSource = Callable[[str], "tuple[CompiledEnvironment | None, int, str]"]
 
 __all__ = ["Hub", "worker_identity"]
 
@@ -79,8 +96,15 @@ _STREAM_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 
-CloseReason = Literal["client", "evicted", "lifetime", "drain", "reset"]
-_CLOSE_REASONS: tuple[CloseReason, ...] = ("client", "evicted", "lifetime", "drain", "reset")
+CloseReason = Literal["client", "evicted", "lifetime", "drain", "reset", "settings"]
+_CLOSE_REASONS: tuple[CloseReason, ...] = (
+    "client",
+    "evicted",
+    "lifetime",
+    "drain",
+    "reset",
+    "settings",
+)
 
 
 def worker_identity() -> dict[str, int]:
@@ -140,9 +164,15 @@ class _EnvStreams:
     groups: dict[tuple[StreamKind, bool], set[Connection]] = field(default_factory=dict)
     preparing: set[Connection] = field(default_factory=set)
     last_write: float = 0.0  # loop time of the last round or heartbeat written here
+    # Evaluated streams by context group (relay.evalstream); None while there is none.
+    contexts: EnvContexts | None = None
 
     def empty(self) -> bool:
-        return not self.preparing and not any(self.groups.values())
+        return (
+            not self.preparing
+            and not any(self.groups.values())
+            and (self.contexts is None or self.contexts.empty())
+        )
 
 
 class Hub:
@@ -178,6 +208,9 @@ class Hub:
         self._seq = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
+        # Set by relay.clientside when it registers its routes (evaluated streams need it).
+        self.env_source: EnvSource | None = None
+        self._contexts = 0  # context groups of evaluated streams, all environments
 
         m = metrics
         self._m_closed = {r: m.connections_closed_total.labels(reason=r) for r in _CLOSE_REASONS}
@@ -202,15 +235,18 @@ class Hub:
 
     def stats(self) -> dict[str, Any]:
         """For ``/status``: stream counts, fan-out state and which process answered."""
-        by_kind = {"all": 0, "flags": 0}
+        by_kind: dict[str, int] = {"all": 0, "flags": 0, "ping": 0, "eval": 0}
         for env in self._envs.values():
             for (kind, _), conns in env.groups.items():
-                by_kind[kind] += len(conns)
+                by_kind[kind] = by_kind.get(kind, 0) + len(conns)
+            if env.contexts is not None:
+                by_kind["eval"] += sum(1 for _ in env.contexts.streams())
         return {
             **worker_identity(),
             "connections": self._count,
             "max_connections": self._max_connections,
             "streams": by_kind,
+            "evaluatedContexts": self._contexts,
             "environments_streaming": len(self._envs),
             "pending_changes": sum(len(p) for p in self._pending.values()),
             "writing": bool(self._jobs),
@@ -222,9 +258,12 @@ class Hub:
         request: web.Request,
         *,
         env: str,
-        stream: Literal["all", "flags"],
+        stream: StreamKind,
         initial: bytes,
         start_offset: int,
+        headers: Mapping[str, str] | None = None,
+        group: GroupSpec | None = None,
+        gauge: Any = None,
     ) -> web.StreamResponse:
         """Answer ``request`` with an SSE stream; return only when the stream has ended.
 
@@ -233,11 +272,13 @@ class Hub:
         With ``detach`` on, this returns as soon as the stream is set up: the stream lives
         on in the hub (see ``relay.stream``) and aiohttp writes nothing more to it.
         A call while full or draining answers 503 with ``Retry-After``.
+        ``headers`` are added to the response (CORS); an ``eval`` stream names its ``group``
+        (rule 8); ``gauge`` (a metrics gauge child) counts the stream while it is open.
         """
         if not self.can_accept():
             return web.Response(
                 status=503,
-                headers={hdrs.RETRY_AFTER: self._retry_after},
+                headers={**(headers or {}), hdrs.RETRY_AFTER: self._retry_after},
                 content_type="application/problem+json",
                 text='{"title":"Service Unavailable","status":503,'
                 '"detail":"this relay holds no more streams; retry shortly"}',
@@ -245,9 +286,11 @@ class Hub:
         loop = self._loop = asyncio.get_running_loop()
         detach = self.detach
         conn = Connection(env, stream, start_offset, None if detach else loop.create_future())
-        self._register(conn)
+        self._register(conn, group, gauge)
 
-        resp = web.StreamResponse(status=200, headers=_STREAM_HEADERS)
+        resp = web.StreamResponse(
+            status=200, headers=_STREAM_HEADERS if not headers else {**_STREAM_HEADERS, **headers}
+        )
         resp.force_close()  # a stream's connection is never reused for another request
         handed_over = False
         try:
@@ -347,9 +390,23 @@ class Hub:
         for c in [c for env in self._envs.values() for c in _all_streams(env)]:
             self._close(c, "reset")
 
+    def close_client_streams(self, env_key: str) -> int:
+        """Close the client (``eval`` and ``ping``) streams of ``env_key`` (reason
+        ``settings``), each with a clean end of body: their SDKs reconnect at once and are
+        admitted under the environment's new settings. Returns how many were closed."""
+        env = self._envs.get(env_key)
+        if env is None:
+            return 0
+        conns = [c for c in _all_streams(env) if c.kind in ("eval", "ping")]
+        for c in conns:
+            self._close(c, "settings")
+        return len(conns)
+
     # --- registration --------------------------------------------------------------------
 
-    def _register(self, conn: Connection) -> None:
+    def _register(
+        self, conn: Connection, group: GroupSpec | None = None, gauge: Any = None
+    ) -> None:
         env = self._envs.get(conn.env)
         if env is None:
             env = self._envs[conn.env] = _EnvStreams()
@@ -357,6 +414,18 @@ class Hub:
         self._count += 1
         self._metrics.connections.inc()
         self._metrics.connections_opened_total.inc()
+        if gauge is not None:
+            conn.gauge = gauge
+            gauge.inc()
+        if conn.kind == "eval":
+            assert group is not None and self.env_source is not None
+            if env.contexts is None:
+                env.contexts = EnvContexts()
+            compiled, offset, _ = self.env_source(conn.env)
+            conn.group, created = env.contexts.join(group, conn.start_offset, compiled, offset)
+            if created:
+                self._contexts += 1
+                self._metrics.client_stream_contexts.set(self._contexts)
 
     def _activate(
         self, conn: Connection, transport: asyncio.Transport, chunked: bool, initial: bytes
@@ -379,7 +448,7 @@ class Hub:
         conn.pending = None
         env = self._envs[conn.env]
         env.preparing.discard(conn)
-        group = env.groups.get((conn.kind, chunked))
+        group = self._group_set(env, conn, chunked)
         if group is None:
             group = env.groups[(conn.kind, chunked)] = set()
         group.add(conn)
@@ -397,6 +466,16 @@ class Hub:
         if transport.get_write_buffer_size() > conn.limit:
             self._close(conn, "evicted")
 
+    @staticmethod
+    def _group_set(env: _EnvStreams, conn: Connection, chunked: bool) -> set[Connection] | None:
+        """The set an active stream lives in: its context group's or its kind's."""
+        if conn.group is not None:
+            conns = conn.group.conns.get(chunked)
+            if conns is None:
+                conns = conn.group.conns[chunked] = set()
+            return conns
+        return env.groups.get((conn.kind, chunked))
+
     def _on_connection_lost(self, conn: Connection) -> None:
         self._close(conn, "client")
 
@@ -409,14 +488,23 @@ class Hub:
             if conn.transport is None:
                 env.preparing.discard(conn)
             else:
-                group = env.groups.get((conn.kind, conn.chunked))
+                group = self._group_set(env, conn, conn.chunked)
                 if group is not None:
                     group.discard(conn)
+            if (
+                conn.group is not None
+                and env.contexts is not None
+                and env.contexts.leave(conn.group)
+            ):
+                self._contexts -= 1
+                self._metrics.client_stream_contexts.set(self._contexts)
             if env.empty():
                 del self._envs[conn.env]
         self._count -= 1
         self._metrics.connections.dec()
         self._m_closed[reason].inc()
+        if conn.gauge is not None:
+            conn.gauge.dec()
         transport = conn.transport
         conn.transport = None
         conn.pending = None
@@ -452,10 +540,14 @@ class Hub:
             ordered = sorted(changes.values(), key=_offset)
             # Encode only for the stream kinds this environment has.
             kinds = {kind for (kind, _), conns in env.groups.items() if conns}
-            kinds.update(conn.kind for conn in env.preparing)
+            kinds.update(conn.kind for conn in env.preparing if conn.kind != "eval")
             batches = {kind: _encode(ordered, kind) for kind in kinds}
+            group_batches = self._evaluated_round(env_key, env, ordered)
             for conn in env.preparing:
-                batch = batches.get(conn.kind)
+                if conn.group is not None:
+                    batch = _group_batch(group_batches, conn)
+                else:
+                    batch = batches.get(conn.kind)
                 if batch is not None and conn.pending is not None:
                     index = batch.suffix_index(conn.start_offset)
                     if index < len(batch.frames):
@@ -466,6 +558,17 @@ class Hub:
                 if batch is not None and conns:
                     last = _Job(batch, chunked, list(conns))
                     self._jobs.append(last)
+            for events, batch, late in group_batches.values():
+                for chunked, conns in events.group.conns.items():
+                    if not conns:
+                        continue
+                    if late is None:
+                        targets = {batch: list(conns)} if batch is not None else {}
+                    else:
+                        targets = _split_late(conns, events, batch, late)
+                    for target_batch, target_conns in targets.items():
+                        last = _Job(target_batch, chunked, target_conns)
+                        self._jobs.append(last)
             if last is not None:
                 last.done = ordered
                 env.last_write = now
@@ -473,6 +576,34 @@ class Hub:
             self._run()
         else:
             self._notify_idle()
+
+    def _evaluated_round(
+        self, env_key: str, env: _EnvStreams, ordered: list[Change]
+    ) -> dict[int, tuple[GroupEvents, _Batch | None, _Batch | None]]:
+        """Rule 8: the events of each context group of ``env`` (by id of the group)."""
+        contexts = env.contexts
+        if contexts is None or contexts.empty() or self.env_source is None:
+            return {}
+        compiled, offset, epoch = self.env_source(env_key)
+        results, stats = contexts.round(ordered, compiled, offset, epoch)
+        m = self._metrics
+        if stats.new_evaluations:
+            m.client_stream_evaluations_total.labels(state="new").inc(stats.new_evaluations)
+        if stats.previous_evaluations:
+            m.client_stream_evaluations_total.labels(state="previous").inc(
+                stats.previous_evaluations
+            )
+        m.client_stream_evaluations_per_change.observe(stats.new_evaluations / len(ordered))
+        if stats.suppressed:
+            m.client_patches_suppressed_total.inc(stats.suppressed)
+        out: dict[int, tuple[GroupEvents, _Batch | None, _Batch | None]] = {}
+        for events in results:
+            batch = _Batch(events.frames, events.offsets) if events.frames else None
+            late = None
+            if events.late_frames and events.late_offsets:
+                late = _Batch(events.late_frames, events.late_offsets)
+            out[id(events.group)] = (events, batch, late)
+        return out
 
     def _run(self) -> None:
         """Write one slice of the current round; reschedule while work remains."""
@@ -609,6 +740,15 @@ class Hub:
                 if conns:
                     self._jobs.append(_Job(_HEARTBEAT, chunked, list(conns)))
                     added = True
+            if env.contexts is not None:
+                by_framing: dict[bool, list[Connection]] = {}
+                for group in env.contexts.groups.values():
+                    for chunked, conns in group.conns.items():
+                        by_framing.setdefault(chunked, []).extend(conns)
+                for chunked, conns_list in by_framing.items():
+                    if conns_list:
+                        self._jobs.append(_Job(_HEARTBEAT, chunked, conns_list))
+                        added = True
         if added and self._run_handle is None:
             self._run()
 
@@ -637,12 +777,48 @@ def _all_streams(env: _EnvStreams) -> Iterable[Connection]:
     yield from env.preparing
     for conns in env.groups.values():
         yield from conns
+    if env.contexts is not None:
+        yield from env.contexts.streams()
 
 
 def _encode(changes: list[Change], stream: StreamKind) -> _Batch | None:
-    """One round's events of ``changes`` for ``stream`` (None: nothing for that kind)."""
+    """One round's events of ``changes`` for ``stream`` (None: nothing for that kind).
+
+    ``eval`` streams are not encoded here: their bytes differ per context group (rule 8)."""
+    if stream == "ping":
+        # One ping per round tells a client to re-poll, whatever changed.
+        return _Batch([PING_EVENT], [changes[-1].offset])
     if stream == "flags":
         changes = [c for c in changes if c.kind == "flag"]
         if not changes:
             return None
     return _Batch([item_event(c, stream, c.position) for c in changes], [c.offset for c in changes])
+
+
+def _group_batch(
+    group_batches: dict[int, tuple[GroupEvents, _Batch | None, _Batch | None]], conn: Connection
+) -> _Batch | None:
+    """The batch a still-preparing evaluated stream queues: it joined after the baseline,
+    so the unsuppressed (late) events when there are any (relay.evalstream rule 5)."""
+    entry = group_batches.get(id(conn.group))
+    if entry is None:
+        return None
+    _, batch, late = entry
+    return late if late is not None else batch
+
+
+def _split_late(
+    conns: set[Connection], events: GroupEvents, batch: _Batch | None, late: _Batch
+) -> dict[_Batch, list[Connection]]:
+    """Streams of a group that hold the baseline get ``batch``; those that joined after it
+    get ``late`` (relay.evalstream rule 5)."""
+    held: list[Connection] = []
+    newer: list[Connection] = []
+    for c in conns:
+        (newer if c.start_offset > events.baseline_offset else held).append(c)
+    out: dict[_Batch, list[Connection]] = {}
+    if batch is not None and held:
+        out[batch] = held
+    if newer:
+        out[late] = newer
+    return out

@@ -230,6 +230,58 @@ class RelayMetrics:
             multiprocess_mode="livemax",
         )
 
+        # --- client-side and mobile SDKs (relay.clientside, relay.evalstream) ---------------
+        self.client_streams = Gauge(
+            p + "client_streams",
+            "Open client-side/mobile SSE streams, by SDK (js|mobile) and mode (evaluated|ping)",
+            ["sdk", "mode"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.client_stream_contexts = Gauge(
+            p + "client_stream_contexts",
+            "Distinct contexts among the open evaluated streams (one evaluation group each)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.client_stream_evaluations_total = Counter(
+            p + "client_stream_evaluations",
+            "Flag evaluations done for evaluated streams after changes, by state evaluated "
+            "(new: what is sent; previous: to tell whether a result changed)",
+            ["state"],
+            registry=r,
+        )
+        self.client_stream_evaluations_per_change = Histogram(
+            p + "client_stream_evaluations_per_change",
+            "Evaluations of the new state per applied change fanned out to evaluated streams",
+            buckets=(0, 1, 10, 100, 1000, 10_000, 100_000, 1_000_000),
+            registry=r,
+        )
+        self.client_patches_suppressed_total = Counter(
+            p + "client_patches_suppressed",
+            "Evaluated patches not sent because the context's result did not change",
+            registry=r,
+        )
+        self.client_requests_total = Counter(
+            p + "client_requests",
+            "Client-side/mobile evaluation requests, by SDK (js|mobile|server), request "
+            "(poll|stream) and status code",
+            ["sdk", "request", "code"],
+            registry=r,
+        )
+        self.sdk_event_payloads_total = Counter(
+            p + "sdk_event_payloads",
+            "Analytics/diagnostic event payloads accepted from SDKs (202), by SDK and kind",
+            ["sdk", "kind"],
+            registry=r,
+        )
+        self.sdk_events_total = Counter(
+            p + "sdk_events",
+            "Analytics events received in accepted payloads (not forwarded anywhere)",
+            ["sdk"],
+            registry=r,
+        )
+
         # Series of closed label sets start at 0, so a rate() has a start and the group view
         # (which only shows series some worker wrote) names them before the first event.
         for reason in ("unauthorized", "not_ready", "full", "behind"):

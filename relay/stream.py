@@ -24,12 +24,15 @@ Rules (the hub relies on every one of them):
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from relay.evalstream import ContextGroup
     from relay.hub import Hub
 
-StreamKind = Literal["all", "flags"]
+# all/flags: server-side SDKs; ping: client streams told to re-poll; eval: evaluated client
+# streams (relay.evalstream), whose bytes differ per context group.
+StreamKind = Literal["all", "flags", "ping", "eval"]
 
 # Terminating chunk of a chunked body: a clean end of stream for an HTTP/1.1 client.
 CHUNKED_EOF = b"0\r\n\r\n"
@@ -56,6 +59,8 @@ class Connection:
         "done",
         "env",
         "fd",
+        "gauge",
+        "group",
         "kind",
         "limit",
         "pending",
@@ -84,6 +89,8 @@ class Connection:
         # Unframed bytes published while the response headers were being prepared.
         self.pending: list[bytes] | None = []
         self.limit = 0  # unsent bytes above which the stream is evicted
+        self.group: ContextGroup | None = None  # an evaluated stream's context group
+        self.gauge: Any = None  # a client stream's gauge child (metrics), decremented on close
 
 
 class StreamProtocol(asyncio.Protocol):

@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from flagstream import dev
@@ -63,15 +64,36 @@ async def test_audiences_and_environment_variable_key(
     server: DevServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert server.sdk_key is not None
+    # The demo flags are for every SDK; this one is for server-side and mobile SDKs only.
+    async with aiohttp.ClientSession(
+        headers={"Authorization": f"Bearer {server.admin_token}"}
+    ) as session:
+        flag = {
+            "on": True,
+            "variations": [True, False],
+            "fallthrough": {"variation": 0},
+            "offVariation": 1,
+            "clientSideAvailability": {"usingEnvironmentId": False, "usingMobileKey": True},
+        }
+        url = f"{server.url}/api/v1/environments/demo/flags/mobile-only"
+        async with session.put(url, json=flag) as resp:
+            assert resp.status in (200, 201, 202), await resp.text()
     monkeypatch.setenv("FLAGSTREAM_SDK_KEY", server.sdk_key)
+    async with asyncio.timeout(10):
+        while True:  # the relay applies the write within milliseconds
+            code, out, _ = await run(
+                capsys, "--relay", server.url, "--context", ALICE, "--sdk", "mobile", "--json"
+            )
+            if code == 0 and "mobile-only" in json.loads(out):
+                break
+            await asyncio.sleep(0.05)
+    assert "search-v2" in json.loads(out)
     code, out, _ = await run(
         capsys, "--relay", server.url, "--context", ALICE, "--sdk", "client", "--json"
     )
-    assert code == 0 and json.loads(out) == {}  # the demo flags are not for JS SDKs
-    code, out, _ = await run(
-        capsys, "--relay", server.url, "--context", ALICE, "--sdk", "mobile", "--json"
-    )
-    assert code == 0 and "search-v2" in json.loads(out)
+    assert code == 0
+    client_flags = json.loads(out)
+    assert "search-v2" in client_flags and "mobile-only" not in client_flags
 
 
 async def test_relay_errors(server: DevServer, capsys: pytest.CaptureFixture[str]) -> None:

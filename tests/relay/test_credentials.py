@@ -69,3 +69,39 @@ def test_update_from_json_rejects_a_record_of_another_environment() -> None:
     with pytest.raises(ValidationError):
         index.update_from_json("prod", b"not json")
     assert index.resolve("sdk-x") is None
+
+
+def test_mobile_keys_client_side_ids_and_listeners() -> None:
+    index = CredentialIndex()
+    seen: list[tuple[int, int | None]] = []
+    index.listeners.append(
+        lambda new, old: seen.append((new.version, old.version if old else None))
+    )
+
+    def boom(new: EnvironmentRecord, old: EnvironmentRecord | None) -> None:
+        raise RuntimeError("a listener bug")
+
+    index.listeners.append(boom)  # logged, never raised into the consumer
+    index.update(record("prod", 1, ("sdk-1", None)))
+    assert index.resolve_mobile("mob-1") == "prod"
+    assert index.resolve_mobile("mob-2") is None and index.resolve_mobile(None) is None
+    found = index.resolve_client_side_id("abc")
+    assert found is not None and found.key == "prod"
+    assert index.resolve_client_side_id("nope") is None
+    expiring = EnvironmentRecord(
+        key="prod",
+        name="prod",
+        version=2,
+        sdk_keys=(),
+        mobile_keys=(CredentialHash(hash_secret("mob-9"), 1000),),
+        client_side_id="def",
+    )
+    index.update(expiring)
+    assert index.resolve_mobile("mob-1") is None  # replaced
+    assert index.resolve_mobile("mob-9", now_ms=999) == "prod"
+    assert index.resolve_mobile("mob-9", now_ms=1000) is None
+    assert index.resolve_mobile("mob-9") is None  # long expired now
+    assert index.resolve_client_side_id("abc") is None
+    assert seen == [(1, None), (2, 1)]
+    index.remove("prod")
+    assert index.resolve_client_side_id("def") is None
