@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from relay.hub import Hub
 
-StreamKind = Literal["all", "flags"]
+# "ofrep": OFREP change notices (relay.ofrep), one per round, not per item.
+StreamKind = Literal["all", "flags", "ofrep"]
 
 # Terminating chunk of a chunked body: a clean end of stream for an HTTP/1.1 client.
 CHUNKED_EOF = b"0\r\n\r\n"
