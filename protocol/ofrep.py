@@ -300,9 +300,9 @@ def token_environment(token: str | None) -> str | None:
     """The environment a token names (not yet verified: compare with ``notice_token``)."""
     if not token or token.count(".") != 1:
         return None
-    encoded = token.split(".", 1)[0]
+    encoded = token.split(".", 1)[0] + "=" * (-len(token.split(".", 1)[0]) % 4)
     try:
-        return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+        return base64.b64decode(encoded, altchars=b"-_", validate=True).decode() or None
     except (binascii.Error, ValueError):
         return None
 
