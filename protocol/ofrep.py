@@ -30,9 +30,10 @@ meets them:
 5. Errors: an unknown flag is ``FLAG_NOT_FOUND`` (HTTP 404); any other LaunchDarkly error
    (``MALFORMED_FLAG`` …) is ``GENERAL``; in a bulk answer both are failure items.
 6. Bulk answer (``bulk_body``): ``{"flags": [...], "eventStreams": [...]}``; its ``ETag``
-   (``bulk_etag``, weak) names the environment's position, the audience, the context's
-   evaluation fingerprint and the event-stream entry, so it is computed without evaluating
-   anything and a conditional request is answered 304 exactly when the answer is unchanged.
+   (``bulk_etag``, weak) is a digest of the environment's position, the audience, the
+   request body and the event-stream entry: computed without evaluating anything, equal
+   only when the answer is the same (a provider sends the same bytes for the same context;
+   the same context spelled differently only costs a 200 instead of a 304).
 7. Notices (ADR-0008, ``notice_event``): one SSE ``message`` per notice,
    ``id: <position>`` and data ``{"type":"refetchEvaluation","etag":"<position>"}``.
 8. Notice-stream tokens (``notice_token``): ``<env, base64url>.<HMAC-SHA256>`` keyed by the
@@ -258,12 +259,11 @@ def bulk_body(flags: Iterable[bytes], event_streams: bytes) -> bytes:
     return b'{"flags":[' + b",".join(flags) + b'],"eventStreams":' + event_streams + b"}"
 
 
-def bulk_etag(position: str, audience: str, fingerprint: str, event_streams: bytes) -> str:
+def bulk_etag(position: str, audience: str, request_body: bytes, event_streams: bytes) -> str:
     """The weak ETag of a bulk answer (rule 6)."""
     digest = hashlib.blake2b(digest_size=12)
-    for part in (position, audience, fingerprint):
-        digest.update(part.encode())
-        digest.update(b"\n")
+    digest.update(f"{position}\n{audience}\n{len(request_body)}\n".encode())
+    digest.update(request_body)
     digest.update(event_streams)
     return f'W/"{digest.hexdigest()}"'
 

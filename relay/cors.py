@@ -78,9 +78,15 @@ def install(app: web.Application, prefix: str, policy: CorsPolicy) -> None:
     async def preflight(request: web.Request) -> web.Response:
         return policy.preflight(request)
 
+    any_origin = policy.response_headers(None) if policy.origins is None else None
+
     async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
         if request.path.startswith(prefix) and request.method != hdrs.METH_OPTIONS:
-            response.headers.update(policy.response_headers(request.headers.get(hdrs.ORIGIN)))
+            if any_origin is not None:  # the same headers for every request: built once
+                response.headers.update(any_origin)
+            else:
+                origin = request.headers.get(hdrs.ORIGIN)
+                response.headers.update(policy.response_headers(origin))
 
     app.router.add_route(hdrs.METH_OPTIONS, prefix.rstrip("/") + "/{tail:.*}", preflight)
     app.on_response_prepare.append(add_headers)

@@ -72,8 +72,8 @@ BULK_PATH: Final = "/ofrep/v1/evaluate/flags"
 FLAG_PATH: Final = "/ofrep/v1/evaluate/flags/{key}"
 NOTICES_PATH: Final = "/ofrep/v1/notices"
 
-_JSON: Final = "application/json"
 _NO_STORE: Final[dict[str, str]] = {"Cache-Control": "no-store"}
+_JSON_NO_STORE: Final[dict[str, str]] = {"Content-Type": "application/json", **_NO_STORE}
 _BULK_CACHE: Final = "private, no-cache"
 CORS_POLICY_HEADERS: Final = ("Content-Type", "Authorization", "X-API-Key", "If-None-Match")
 CORS_EXPOSED_HEADERS: Final = ("ETag", "Retry-After")
@@ -139,7 +139,7 @@ class OfrepRoutes:
             return _failure(404, "FLAG_NOT_FOUND", f"flag {key!r} was not found", key=key)
         self.metrics.evaluations_total.inc()
         status, payload = answer
-        return web.Response(status=status, body=payload, content_type=_JSON, headers=_NO_STORE)
+        return web.Response(status=status, body=payload, headers=_JSON_NO_STORE)
 
     async def _evaluate_bulk(self, request: web.Request) -> web.Response:
         grant = self._admit(request)
@@ -157,14 +157,15 @@ class OfrepRoutes:
             return web.Response(status=401)
         streams = self._event_streams(request, grant.env)
         position = str(self.state.position(environment))
-        etag = bulk_etag(position, grant.audience, context.fingerprint, streams)
+        etag = bulk_etag(position, grant.audience, body, streams)
         headers = {hdrs.ETAG: etag, hdrs.CACHE_CONTROL: _BULK_CACHE}
         if etag_matches(request.headers.get(hdrs.IF_NONE_MATCH), etag):
             return web.Response(status=304, headers=headers)
         flags = self.answers.bulk(grant.env, context, grant.audience)
         self.metrics.evaluations_total.inc(len(flags))
         payload = bulk_body(flags, streams)
-        return web.Response(body=payload, content_type=_JSON, headers=headers)
+        headers[hdrs.CONTENT_TYPE] = "application/json"
+        return web.Response(body=payload, headers=headers)
 
     def _admit(self, request: web.Request) -> Grant | web.Response:
         """Rules 1 to 3: the request's grant, or the answer refusing it."""
@@ -294,10 +295,7 @@ class OfrepRoutes:
 
 def _failure(status: int, code: ErrorCode, details: str, *, key: str | None = None) -> web.Response:
     return web.Response(
-        status=status,
-        body=encode_failure(code, details, key=key),
-        content_type=_JSON,
-        headers=_NO_STORE,
+        status=status, body=encode_failure(code, details, key=key), headers=_JSON_NO_STORE
     )
 
 

@@ -9,14 +9,15 @@ Rules:
    id (flags with ``usingEnvironmentId``: ``client``; client-side ids are public, which is
    why they see only what the environment marks for browsers). Unknown, expired, or of a
    deleted environment → None (the route answers 401).
-3. SDK keys resolve through the state's ``CredentialIndex`` (a hash lookup). Mobile keys and
-   client-side ids are found by one pass of plain comparisons over the environment records
-   (about a microsecond per environment; an unknown credential costs that pass), then
-   remembered; a
-   remembered credential is checked against the environment's current record on every use,
-   so a rotated or removed one stops working at once. Only valid credentials are
+3. Lookup: SDK keys resolve through the state's ``CredentialIndex`` (a hash lookup); mobile
+   keys and client-side ids by one pass of plain comparisons over the environment records
+   (about a microsecond per environment: an unknown credential costs that pass).
+4. A credential found is remembered under its hash with the environment record it was found
+   in and its expiry; it is answered from there while that record is still the
+   environment's current one (any new record, e.g. a rotation, makes it be looked up again),
+   it has not expired and the environment is not deleted. Only valid credentials are
    remembered, so memory is bounded by the credentials that exist.
-4. ``notice_token(env)`` is the environment's notice-stream token (``protocol.ofrep`` rule
+5. ``notice_token(env)`` is the environment's notice-stream token (``protocol.ofrep`` rule
    8), computed once per environment record.
 """
 
@@ -62,55 +63,63 @@ class CredentialResolver:
 
     def __init__(self, state: State) -> None:
         self._state = state
-        self._others: dict[str, tuple[str, CredentialKind]] = {}  # hash or id -> env, kind
+        # hash -> (grant, the record it was found in, the credential's expiry)
+        self._grants: dict[str, tuple[Grant, EnvironmentRecord, int | None]] = {}
         self._tokens: dict[str, tuple[EnvironmentRecord, str]] = {}
 
     def resolve(self, credential: str) -> Grant | None:
         state = self._state
         digest = hash_secret(credential)
-        env = state.credentials.resolve(credential)
+        now = int(time.time() * 1000)
+        cached = self._grants.get(digest)
+        if cached is not None:
+            grant, record, expires_ms = cached
+            environment = state.environments.get(grant.env)
+            if (
+                state.credentials.record(grant.env) is record
+                and (expires_ms is None or now < expires_ms)
+                and environment is not None
+                and not environment.deleted
+            ):
+                return grant
+            del self._grants[digest]
+        found = self._find(credential, digest, now)
+        if found is None:
+            return None
+        grant, record = found
+        self._grants[digest] = (grant, record, _expiry(record, grant.kind, digest))
+        return grant
+
+    def _find(
+        self, credential: str, digest: str, now: int
+    ) -> tuple[Grant, EnvironmentRecord] | None:
+        """Rule 2, without the cache: the grant and the record that gives it."""
+        credentials = self._state.credentials
+        env = credentials.resolve(credential, now)
         if env is not None:
             return self._grant(env, "sdk", digest)
-        now = int(time.time() * 1000)
-        remembered = self._others.get(digest)
-        if remembered is not None:
-            if self._valid(*remembered, credential, digest, now):
-                return self._grant(*remembered, digest)
-            del self._others[digest]
-        # One pass of plain comparisons (the hash of the presented key, the public id);
-        # the match is then checked as above (expiry).
-        credentials = state.credentials
-        for env in state.environments:
+        # One pass of plain comparisons (the hash of the presented key, the public id); the
+        # match is then checked properly (constant time, expiry).
+        for env in self._state.environments:
             record = credentials.record(env)
             if record is None:
                 continue
-            kind: CredentialKind
             if record.client_side_id == credential:
-                kind = "client"
-            elif any(c.sha256 == digest for c in record.mobile_keys):
-                kind = "mobile"
-            else:
-                continue
-            if self._valid(env, kind, credential, digest, now):
-                self._others[digest] = (env, kind)
-                return self._grant(env, kind, digest)
+                return self._grant(env, "client", digest)
+            if any(c.sha256 == digest for c in record.mobile_keys) and record.accepts_mobile_key(
+                digest, now
+            ):
+                return self._grant(env, "mobile", digest)
         return None
 
-    def _valid(
-        self, env: str, kind: CredentialKind, credential: str, digest: str, now: int
-    ) -> bool:
-        record = self._state.credentials.record(env)
-        if record is None:
-            return False
-        if kind == "mobile":
-            return record.accepts_mobile_key(digest, now)
-        return record.client_side_id == credential
-
-    def _grant(self, env: str, kind: CredentialKind, digest: str) -> Grant | None:
+    def _grant(
+        self, env: str, kind: CredentialKind, digest: str
+    ) -> tuple[Grant, EnvironmentRecord] | None:
         environment = self._state.environments.get(env)
-        if environment is None or environment.deleted:
+        record = self._state.credentials.record(env)
+        if environment is None or environment.deleted or record is None:
             return None
-        return Grant(env, kind, AUDIENCE[kind], digest)
+        return Grant(env, kind, AUDIENCE[kind], digest), record
 
     def notice_token(self, env: str) -> str | None:
         """``env``'s notice-stream token (None: no such environment record)."""
@@ -124,3 +133,14 @@ class CredentialResolver:
         token = notice_token(env, [*secrets, record.client_side_id])
         self._tokens[env] = (record, token)
         return token
+
+
+def _expiry(record: EnvironmentRecord, kind: CredentialKind, digest: str) -> int | None:
+    """When the credential ``digest`` of ``kind`` in ``record`` expires (None: never)."""
+    if kind == "client":
+        return None
+    creds = record.sdk_keys if kind == "sdk" else record.mobile_keys
+    expiries = [c.expires_ms for c in creds if c.sha256 == digest]
+    if not expiries or None in expiries:
+        return None
+    return max(e for e in expiries if e is not None)

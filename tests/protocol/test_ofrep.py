@@ -253,16 +253,17 @@ def test_failures_and_bulk_body() -> None:
 
 
 def test_etags() -> None:
-    etag = bulk_etag("e:1", "server", "fp", b"[]")
+    etag = bulk_etag("e:1", "server", b"{}", b"[]")
     assert etag.startswith('W/"') and etag.endswith('"') and len(etag) == 28
-    assert etag == bulk_etag("e:1", "server", "fp", b"[]")
+    assert etag == bulk_etag("e:1", "server", b"{}", b"[]")
     others = {
-        bulk_etag("e:2", "server", "fp", b"[]"),
-        bulk_etag("e:1", "client", "fp", b"[]"),
-        bulk_etag("e:1", "server", "fp2", b"[]"),
-        bulk_etag("e:1", "server", "fp", b"[1]"),
+        bulk_etag("e:2", "server", b"{}", b"[]"),
+        bulk_etag("e:1", "client", b"{}", b"[]"),
+        bulk_etag("e:1", "server", b"{ }", b"[]"),
+        bulk_etag("e:1", "server", b"{}", b"[1]"),
+        bulk_etag("e:1", "server", b"{}[", b"]"),  # the body's length separates it
     }
-    assert etag not in others and len(others) == 4
+    assert etag not in others and len(others) == 5
     assert not etag_matches(None, etag)
     assert not etag_matches("", etag)
     assert etag_matches("*", etag)

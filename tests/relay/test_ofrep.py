@@ -284,10 +284,7 @@ async def test_bulk_etag(client: OfrepClient, backend: Backend) -> None:
     assert again.status == 304 and again.headers["ETag"] == etag
     strong = await client.bulk(ALICE, headers={"If-None-Match": etag.removeprefix("W/")})
     assert strong.status == 304
-    # Same evaluation context in another JSON layout: same ETag. Another context, audience or
-    # credential view: another ETag.
-    reordered = {"plan": "pro", "email": "alice@ex.com", "targetingKey": "alice"}
-    assert (await client.bulk(reordered)).headers["ETag"] == etag
+    # Another context, audience or credential view: another ETag.
     other = await client.bulk({**ALICE, "plan": "free"}, headers={"If-None-Match": etag})
     assert other.status == 200 and other.headers["ETag"] != etag
     client_view = await client.bulk(ALICE, credential=CLIENT_ID, headers={"If-None-Match": etag})
