@@ -200,3 +200,67 @@ class OfrepClient:
                 "POST", spec_path, response.status, response.headers, payload
             )
             return Answer(response.status, response.headers, payload, parsed)
+
+
+class ValidatingProxy:
+    """A reverse proxy in front of a relay that checks every OFREP answer against the spec
+    (``OfrepSchema.check_response``) on its way to a real provider, so the providers' own
+    traffic is validated too. Failures are collected in ``failures``; ``checked`` counts."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.checked = 0
+        self.failures: list[str] = []
+        self.url = ""
+        self._runner: Any = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> ValidatingProxy:
+        from aiohttp import web
+        from relay_support import free_port
+
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+        assert self._session is not None
+        await self._session.close()
+
+    async def _forward(self, request: Any) -> Any:
+        from aiohttp import web
+
+        assert self._session is not None
+        body = await request.read()
+        skip = {"host", "content-length", "transfer-encoding", "connection"}
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in skip}
+        async with self._session.request(
+            request.method, self.target + request.path_qs, data=body, headers=headers
+        ) as response:
+            payload = await response.read()
+            path = request.path
+            spec_path = BULK_PATH if path == BULK_PATH else FLAG_PATH
+            try:
+                self.schema.check_response(
+                    request.method, spec_path, response.status, response.headers, payload
+                )
+                self.checked += 1
+            except Exception as exc:  # reported by the test, with the response
+                self.failures.append(f"{request.method} {path} {response.status}: {exc!r}")
+            kept = {
+                k: v
+                for k, v in response.headers.items()
+                if k.lower() not in {"content-length", "transfer-encoding", "connection"}
+            }
+            return web.Response(status=response.status, body=payload, headers=kept)
+
+    @property
+    def schema(self) -> Any:
+        return ofrep_schema()

@@ -1,5 +1,9 @@
 """The real OpenFeature OFREP providers against a real relay over real HTTP.
 
+The Python and Node providers reach the relay through ``ValidatingProxy``, which checks every
+answer they get against the OFREP spec (the browser's own answers are the same ones
+test_ofrep.py validates: bulk, 304, the notice stream).
+
 - Python: ``openfeature-sdk`` + ``openfeature-provider-ofrep`` (PyPI, installed by
   ``make venv``), run in a thread (the provider is synchronous; the relay runs on this loop).
 - Node: ``@openfeature/server-sdk`` + ``@openfeature/ofrep-provider`` (npm).
@@ -31,6 +35,7 @@ from ofrep_support import (
     CLIENT_ID,
     ENV,
     SDK_KEY,
+    ValidatingProxy,
     catalogue_envelopes,
     env_record_envelope,
     expected,
@@ -101,7 +106,7 @@ async def relay(backend: Backend) -> AsyncIterator[RunningRelay]:
 # --- Python -------------------------------------------------------------------------------------
 
 
-def _python_evaluate(base: str, key: str, kind: str, default: Any, context: Any) -> Any:
+def _python_evaluate(key: str, kind: str, default: Any, context: Any) -> Any:
     client = api.get_client()
     ctx = None
     if context is not None:
@@ -117,15 +122,24 @@ def _python_evaluate(base: str, key: str, kind: str, default: Any, context: Any)
     return getter(key, default, ctx)
 
 
-async def test_python_provider(relay: RunningRelay) -> None:
+@pytest.fixture
+async def proxy(relay: RunningRelay) -> AsyncIterator[ValidatingProxy]:
+    """The relay behind a proxy that validates every answer the provider gets (spec)."""
+    async with ValidatingProxy(relay.url) as running:
+        yield running
+    assert running.failures == []
+    assert running.checked > 0
+
+
+async def test_python_provider(proxy: ValidatingProxy) -> None:
     provider = OFREPProvider(
-        relay.url, headers_factory=lambda: {"Authorization": f"Bearer {SDK_KEY}"}
+        proxy.url, headers_factory=lambda: {"Authorization": f"Bearer {SDK_KEY}"}
     )
     api.set_provider(provider)
     try:
         for key, kind, default, context, value, variant, reason, code in CASES:
             details: FlagEvaluationDetails[Any] = await asyncio.to_thread(
-                _python_evaluate, relay.url, key, kind, default, context
+                _python_evaluate, key, kind, default, context
             )
             assert details.value == value, key
             assert type(details.value) is type(value), key
@@ -137,7 +151,7 @@ async def test_python_provider(relay: RunningRelay) -> None:
                 assert details.flag_metadata["flagVersion"] == 1
         for user in ROLLOUT_KEYS:
             details = await asyncio.to_thread(
-                _python_evaluate, relay.url, "rollout-flag", "boolean", False,
+                _python_evaluate, "rollout-flag", "boolean", False,
                 {"targetingKey": user},
             )  # fmt: skip
             result = expected("rollout-flag", {"kind": "user", "key": user})
@@ -187,7 +201,7 @@ def ofrep_js() -> Iterator[Path]:
     yield JS_DIR
 
 
-async def test_node_provider(relay: RunningRelay, ofrep_js: Path) -> None:
+async def test_node_provider(proxy: ValidatingProxy, ofrep_js: Path) -> None:
     node_types = {"integer": "number", "float": "number"}
     cases = [
         {"key": key, "type": node_types.get(kind, kind), "default": default, "context": context}
@@ -198,7 +212,7 @@ async def test_node_provider(relay: RunningRelay, ofrep_js: Path) -> None:
          "context": {"targetingKey": user}}
         for user in ROLLOUT_KEYS
     ]  # fmt: skip
-    job = json.dumps({"baseUrl": relay.url, "credential": SDK_KEY, "cases": cases})
+    job = json.dumps({"baseUrl": proxy.url, "credential": SDK_KEY, "cases": cases})
     node = shutil.which("node")
     assert node, "node is missing (Node.js 18+: apt-get install -y nodejs)"
     process = await asyncio.create_subprocess_exec(
