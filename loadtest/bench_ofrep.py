@@ -13,7 +13,8 @@ HTTP/1.1 connections, each sending its next request when the previous answer is 
 (closed loop), every request with a different context (``--contexts`` distinct
 ``targetingKey``/attribute combinations, cycled). ``single`` asks one flag per request
 (cycling over the flags that are evaluated per context, i.e. not constant); ``bulk`` asks all
-flags. Each phase warms up for ``--warmup`` seconds, then counts ``--seconds``; it prints
+flags; ``--floor`` first measures ``GET /livez`` the same way (what any request costs the
+relay). Each phase warms up for ``--warmup`` seconds, then counts ``--seconds``; it prints
 requests/s, p50/p99 latency (request written → last byte of the answer read), the statuses
 seen, the relay's CPU time per request (net of what it burns idle, measured for 3 s first)
 and the requests per core-second that implies, and the machine's load. ``--json`` prints the
@@ -316,6 +317,14 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         contexts = _contexts(args.contexts)
         dynamic = [f["key"] for f in flags if f.get("rules") or "rollout" in f["fallthrough"]]
         results = []
+        if args.floor:
+            # The same client and relay on GET /livez: what any request costs this relay
+            # (aiohttp, middlewares, the write), for comparison.
+            requests = [f"GET /livez HTTP/1.1\r\nHost: {hostport}\r\n\r\n".encode()]
+            phase, elapsed, cpu = await _drive(
+                host, int(port), requests, args.connections, args.warmup, args.seconds, relay.pid
+            )
+            results.append(_summary("livez", phase, elapsed, cpu, idle_share))
         if args.mode in ("single", "both"):
             requests = [
                 _request(f"/ofrep/v1/evaluate/flags/{dynamic[i % len(dynamic)]}", hostport,
@@ -389,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument(
+        "--floor", action="store_true", help="first measure GET /livez the same way (the floor)"
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     return p
 
