@@ -303,6 +303,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     except DriverError as exc:
         raise SystemExit(f"bench_ofrep: {exc} (start the stack: flagstream stack up)") from exc
     relay: Service | None = None
+    affinity = os.sched_getaffinity(0)
     try:
         relay = spawn_relay(kafka_bootstrap=args.kafka, topic=topic, workers=1)
         await wait_ready(relay.url, service=relay, within=60)
@@ -361,6 +362,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     except ServiceError as exc:
         raise SystemExit(f"bench_ofrep: {exc}") from exc
     finally:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, affinity)  # this process was pinned for the run
         if relay is not None:
             relay.close()
         with contextlib.suppress(Exception):
@@ -414,10 +417,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import uvloop
 
-        uvloop.install()
+        loop_factory: Any = uvloop.new_event_loop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        pass
-    report = asyncio.run(_run(args))
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        report = runner.run(_run(args))
     if args.json:
         print(json.dumps(report, indent=2))
     else:
