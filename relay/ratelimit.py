@@ -11,7 +11,8 @@ Rules:
    ``burst / rate`` seconds) are dropped when there are more than ``prune_above``, so a
    rotated-away credential costs nothing for long.
 4. A bucket is per process: with N relay workers (or N relays) behind one address, a
-   credential may get up to N times ``rate`` in total.
+   credential may get up to N times ``rate`` in total. A shared credential (a client-side
+   id used by every browser of an environment) has one bucket for all its users.
 """
 
 from __future__ import annotations
