@@ -38,9 +38,11 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from protocol.position import parse_position
+from relay.accesslog import ACCESS_LOG, RedactingAccessLogger
 from relay.config import RelaySettings
 from relay.credentials import sdk_key_from_header
 from relay.metrics import CONTENT_TYPE, RelayMetrics
+from relay.ofrep import register as register_ofrep
 from relay.source import Follower, RecordSource
 from relay.state import Environment, State, catchup_events
 
@@ -388,6 +390,9 @@ def build_app(
             "max_line_size": settings.max_request_line,
             "max_field_size": settings.max_header_size,
             "logger": HTTP_LOG,  # marks the relay's connections, see _relay_handle_error
+            # Whoever runs the app: secrets never reach an access log (relay.accesslog).
+            "access_log_class": RedactingAccessLogger,
+            "access_log": ACCESS_LOG if settings.access_log else None,
         },
     )
     app[SETTINGS_KEY] = settings
@@ -406,6 +411,7 @@ def build_app(
     from relay.clientside import register_client_routes  # client-side/mobile API family
 
     register_client_routes(app, handlers)
+    register_ofrep(app, settings, state, hub, metrics)  # OpenFeature (OFREP), relay.ofrep
 
     async def start_follower(app: web.Application) -> None:
         follower.start()

@@ -125,6 +125,55 @@ class RelaySettings(BaseSettings):
         "may send; larger → 413",
     )
 
+    # --- OpenFeature remote evaluation (OFREP, docs/openfeature.md) ----------------------
+    ofrep_credentials: str = Field(
+        default="sdk,mobile,client",
+        description=(
+            "credentials the OFREP routes accept, comma separated: sdk (every flag), mobile "
+            "(flags available to mobile keys), client (client-side id: flags available to "
+            "browsers); a known credential of a kind not listed gets 403"
+        ),
+    )
+    ofrep_rate_limit: float | None = Field(
+        default=None,
+        description=(
+            "OFREP evaluations per second allowed per credential and worker (token bucket; "
+            "429 with Retry-After above it); unset = no limit"
+        ),
+    )
+    ofrep_rate_burst: int = Field(
+        default=20, ge=1, description="requests a credential may make at once (bucket size)"
+    )
+    ofrep_max_body_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        le=MIB,
+        description="largest OFREP request body; larger ones get 413",
+    )
+    ofrep_cors_origins: str = Field(
+        default="*",
+        description="browser origins allowed to call the OFREP routes, comma separated; * = any",
+    )
+    ofrep_inactivity_delay: int = Field(
+        default=120,
+        ge=1,
+        description="inactivityDelaySec announced for the OFREP change-notification stream",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description=(
+            "this relay's base URL as clients reach it (scheme://host[:port]), used in the "
+            "OFREP eventStreams URL; unset = the scheme and Host of each request"
+        ),
+    )
+    access_log: bool = Field(
+        default=False,
+        description=(
+            "log one line per request (logger flagstream.relay.access) with tokens and "
+            "credentials redacted"
+        ),
+    )
+
     @field_validator("max_connection_lifetime")
     @classmethod
     def _positive_lifetime(cls, value: float | None) -> float | None:
@@ -155,3 +204,51 @@ class RelaySettings(BaseSettings):
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value):
             raise ValueError("Kafka topic names are 1..249 chars of [A-Za-z0-9._-]")
         return value
+
+    # --- OFREP ---------------------------------------------------------------------------
+
+    @field_validator("ofrep_credentials")
+    @classmethod
+    def _ofrep_credentials(cls, value: str) -> str:
+        kinds = [k.strip() for k in value.split(",") if k.strip()]
+        unknown = sorted(set(kinds) - set(OFREP_CREDENTIAL_KINDS))
+        if unknown or not kinds:
+            raise ValueError(
+                f"expected a comma separated subset of {','.join(OFREP_CREDENTIAL_KINDS)}"
+                + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+            )
+        return ",".join(k for k in OFREP_CREDENTIAL_KINDS if k in kinds)
+
+    @field_validator("ofrep_rate_limit")
+    @classmethod
+    def _positive_rate(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError("must be > 0 requests per second, or unset for no limit")
+        return value
+
+    @field_validator("ofrep_cors_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        origins = [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        for origin in origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s,]+", origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin (scheme://host[:port], e.g. "
+                    "https://app.example.com) or *"
+                )
+        if not origins:
+            raise ValueError("expected * or a comma separated list of origins")
+        return ",".join(origins)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.rstrip("/")
+        if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", value):
+            raise ValueError("expected scheme://host[:port][/path], e.g. https://flags.example.com")
+        return value
+
+
+OFREP_CREDENTIAL_KINDS = ("sdk", "mobile", "client")

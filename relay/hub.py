@@ -11,7 +11,8 @@ Rules (in the order a change meets them):
    in one fetch becomes one round), or, while a round is writing, right after it ends. A
    round takes every pending change of every environment that has listeners, orders them by
    offset, and encodes them ONCE per stream kind the environment has (``/all`` patch/delete
-   events, legacy ``/flags`` events for flags only) into one batch, framed once per framing
+   events, legacy ``/flags`` events for flags only, one OFREP ``refetchEvaluation`` notice
+   for the whole round on ``ofrep`` streams) into one batch, framed once per framing
    (HTTP/1.1 chunk, or raw). The same bytes object is written to every stream of that kind: one
    ``send()`` straight to the socket when nothing is queued on its transport (what the
    kernel floor costs), else ``transport.write()`` so queued bytes keep their order. No
@@ -66,7 +67,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import hdrs, web
 
-from protocol import ld
+from protocol import ld, ofrep
 from protocol.clientside import PING_EVENT
 from relay.evalstream import EnvContexts, GroupEvents, GroupSpec
 from relay.state import item_event
@@ -235,7 +236,7 @@ class Hub:
 
     def stats(self) -> dict[str, Any]:
         """For ``/status``: stream counts, fan-out state and which process answered."""
-        by_kind: dict[str, int] = {"all": 0, "flags": 0, "ping": 0, "eval": 0}
+        by_kind: dict[str, int] = {"all": 0, "flags": 0, "ping": 0, "eval": 0, "ofrep": 0}
         for env in self._envs.values():
             for (kind, _), conns in env.groups.items():
                 by_kind[kind] = by_kind.get(kind, 0) + len(conns)
@@ -788,6 +789,10 @@ def _encode(changes: list[Change], stream: StreamKind) -> _Batch | None:
     if stream == "ping":
         # One ping per round tells a client to re-poll, whatever changed.
         return _Batch([PING_EVENT], [changes[-1].offset])
+    if stream == "ofrep":
+        # One notice for the whole round (coalesced), at the round's last position.
+        last = changes[-1]
+        return _Batch([ofrep.notice_event(last.position)], [last.offset])
     if stream == "flags":
         changes = [c for c in changes if c.kind == "flag"]
         if not changes:

@@ -319,3 +319,42 @@ class RelayMetrics:
         """The Prometheus text exposition of this worker process alone."""
         self.refresh()
         return generate_latest(self.registry)
+
+
+# Handler time of an OFREP request: tens of microseconds to a few milliseconds.
+_OFREP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+
+
+class OfrepMetrics:
+    """Metrics of the OpenFeature (OFREP) routes (``relay.ofrep``), in a relay's registry.
+
+    Labels are closed sets: ``route`` is ``flag`` (one flag), ``bulk`` or ``notices`` (the
+    change-notification stream), ``code`` an HTTP status. The notice streams themselves are
+    counted with every other stream (``flagstream_relay_connections``…).
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        p = PREFIX + "ofrep_"
+        self.requests_total = Counter(
+            p + "requests",
+            "OFREP requests answered, by route (flag|bulk|notices) and HTTP status",
+            ["route", "code"],
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            p + "request_seconds",
+            "Time to answer an OFREP evaluation (handler only: body read, evaluation, encoding)",
+            ["route"],
+            buckets=_OFREP_BUCKETS,
+            registry=registry,
+        )
+        self.rate_limited_total = Counter(
+            p + "rate_limited",
+            "OFREP evaluations refused with 429 by the per-credential rate limit",
+            registry=registry,
+        )
+        self.evaluations_total = Counter(
+            p + "evaluations",
+            "Flags evaluated for OFREP answers (constant flags are encoded once, not counted)",
+            registry=registry,
+        )

@@ -31,8 +31,9 @@ if TYPE_CHECKING:
     from relay.hub import Hub
 
 # all/flags: server-side SDKs; ping: client streams told to re-poll; eval: evaluated client
-# streams (relay.evalstream), whose bytes differ per context group.
-StreamKind = Literal["all", "flags", "ping", "eval"]
+# streams (relay.evalstream), whose bytes differ per context group; ofrep: OFREP change
+# notices (relay.ofrep), one per round, not per item.
+StreamKind = Literal["all", "flags", "ping", "eval", "ofrep"]
 
 # Terminating chunk of a chunked body: a clean end of stream for an HTTP/1.1 client.
 CHUNKED_EOF = b"0\r\n\r\n"
