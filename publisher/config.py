@@ -118,6 +118,21 @@ class PublisherSettings(BaseSettings):
 
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
 
+    # --- write path (issue 18) -----------------------------------------------------------
+    token_cache_ttl: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="seconds an API token's principal is remembered: a token revoked on "
+        "another instance stops working here within this time (0 = ask Redis every request)",
+    )
+    group_commit_max: int = Field(
+        default=256,
+        ge=1,
+        le=1000,
+        description="most item writes committed together in one Redis script (group commit)",
+    )
+
     @field_validator("topic")
     @classmethod
     def _topic_name(cls, v: str) -> str:

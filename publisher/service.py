@@ -12,6 +12,18 @@ Rules of a write (flags, segments, environments):
    nothing: with ``If-Match`` that is a 412; without, the write is rebuilt on the new state
    and retried (a bounded number of times).
 
+How the hot path avoids work without weakening any of that:
+
+- Writes of one item on this instance take turns (``keylocks``), so they do not race each
+  other into conflicts; writes of different items run concurrently.
+- The current state is taken from what this instance committed last (``recent``) when it
+  has it, else read from the store; the compare-and-set in step 3 still decides, and a 412
+  or 404 is only answered from the store's state.
+- Item writes are committed through ``groupcommit``: writes that arrive together share one
+  store call (one Lua script), each with its own compare-and-set and its own outcome.
+- The item is encoded to JSON once; the stored value, the Kafka envelope, the audit entry
+  and the HTTP answer all reuse those bytes.
+
 Deletes store a tombstone with a new version, so a later PUT continues the version sequence.
 """
 
@@ -36,16 +48,21 @@ from protocol.errors import ValidationError
 from protocol.keys import Kind, validate_key
 from protocol.model import encode_item, make_tombstone, validate_flag, validate_segment
 from publisher.auth import SCOPES, Principal, new_token_secret, token_sha256
+from publisher.groupcommit import GroupCommitter
+from publisher.keylocks import KeyLocks
 from publisher.mergepatch import apply_merge_patch
 from publisher.problems import ApiError
+from publisher.recent import RecentItem, RecentItems
 from publisher.store import (
     EnvironmentExists,
     ItemKind,
+    ItemWrite,
     KafkaRecord,
     Store,
     TokenRecord,
     UnknownEnvironment,
     VersionConflict,
+    audit_entry,
     outbox_record,
 )
 
@@ -56,6 +73,8 @@ _COMMENT_MAX: Final = 2000
 _NAME_MAX: Final = 256
 _MAX_EXPIRY_SECONDS: Final = 366 * 24 * 3600
 _AUDIT_LIMIT_MAX: Final = 1000
+
+_Ident = tuple[str, ItemKind, str]  # (env, kind, key)
 
 # An If-Match header: None (absent), "*" (must exist), or a version (0 = must not exist).
 IfMatch = int | str | None
@@ -68,11 +87,16 @@ _VALIDATORS: Final[dict[str, Callable[[object], dict[str, Any]]]] = {
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
-    """A committed write: the body to answer with and the outbox entry to wait for."""
+    """A committed write: the body to answer with and the outbox entry to wait for.
+
+    ``encoded`` is ``body`` as JSON when the caller already has it (the stored item), so the
+    answer need not encode it again.
+    """
 
     body: dict[str, Any]
     entry_id: str
     created: bool
+    encoded: bytes | None = None
 
 
 def parse_if_match(header: str | None) -> IfMatch:
@@ -88,6 +112,14 @@ def parse_if_match(header: str | None) -> IfMatch:
     if not value.isascii() or not value.isdigit() or len(value) > 16:
         raise ApiError(400, 'If-Match must be an item version (e.g. If-Match: 3 or "3") or *')
     return int(value)
+
+
+def _if_match_holds(if_match: IfMatch, current: int, exists: bool) -> bool:
+    if if_match is None:
+        return True
+    if if_match == "*":
+        return exists
+    return if_match == current
 
 
 def _check_if_match(if_match: IfMatch, current: int, exists: bool) -> None:
@@ -131,6 +163,10 @@ def _url_key(key: str, what: str) -> str:
         raise ApiError(400, str(exc), type_="invalid-key") from exc
 
 
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -165,9 +201,19 @@ def token_view(t: TokenRecord) -> dict[str, Any]:
 class Publisher:
     """Every API operation as a method; HTTP handlers only parse requests and shape responses."""
 
-    def __init__(self, store: Store, *, max_record_bytes: int = 1_000_000) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_record_bytes: int = 1_000_000,
+        group_commit_max: int = 256,
+        recent_items: int = 10_000,
+    ) -> None:
         self.store = store
         self._max_record = max_record_bytes
+        self.committer = GroupCommitter(store, max_writes=group_commit_max)
+        self._recent = RecentItems(recent_items)
+        self._locks = KeyLocks()
 
     # -- helpers -------------------------------------------------------------------------
     def _envelope(
@@ -191,36 +237,6 @@ class Publisher:
                 "message.max.bytes and FLAGSTREAM_PUBLISHER_MAX_RECORD_BYTES",
             )
         return record
-
-    @staticmethod
-    def _audit(
-        *,
-        actor: str,
-        action: str,
-        kind: str,
-        key: str,
-        version: int,
-        before: Any,
-        after: Any,
-        comment: str | None,
-        now_ms: int,
-    ) -> bytes:
-        return json.dumps(
-            {
-                "id": uuid.uuid4().hex,
-                "timeMs": now_ms,
-                "actor": actor,
-                "action": action,
-                "kind": kind,
-                "key": key,
-                "version": version,
-                "comment": comment,
-                "before": before,
-                "after": after,
-            },
-            separators=(",", ":"),
-            ensure_ascii=False,
-        ).encode()
 
     async def require_environment(self, env: str) -> EnvironmentRecord:
         _url_key(env, "environment")
@@ -251,14 +267,14 @@ class Publisher:
         items = [json.loads(raw) for raw in (await self.store.list_items(env, kind)).values()]
         return [i for i in items if include_deleted or not i.get("deleted")]
 
-    async def _current(
-        self, env: str, kind: ItemKind, key: str
-    ) -> tuple[dict[str, Any] | None, int]:
+    async def _stored(self, ident: _Ident) -> RecentItem | None:
+        """The store's current state of an item; None if it never existed."""
+        env, kind, key = ident
         raw = await self.store.get_item(env, kind, key)
         if raw is None:
-            return None, 0
+            return None
         item: dict[str, Any] = json.loads(raw)
-        return item, int(item["version"])
+        return RecentItem(int(item["version"]), raw, item)
 
     async def _commit_item(
         self,
@@ -274,13 +290,44 @@ class Publisher:
         action: str,
     ) -> WriteResult:
         """Read-build-commit loop (see module docstring); ``build`` gets the live current item."""
+        ident: _Ident = (env, kind, key)
+        await self._locks.acquire(ident)
+        try:
+            return await self._commit_item_locked(
+                ident, build, if_match, must_exist, actor, comment, action
+            )
+        finally:
+            self._locks.release(ident)
+
+    async def _commit_item_locked(
+        self,
+        ident: _Ident,
+        build: Callable[[dict[str, Any] | None], dict[str, Any]],
+        if_match: IfMatch,
+        must_exist: bool,
+        actor: str,
+        comment: str | None,
+        action: str,
+    ) -> WriteResult:
+        env, kind, key = ident
+        remembered = True
         for _ in range(_MAX_ATTEMPTS):
-            current, version = await self._current(env, kind, key)
+            current = self._recent.get(ident) if remembered else None
+            from_store, remembered = current is None, False
+            if current is None:
+                current = await self._stored(ident)
             if current is None:
                 # Only an absent item needs the environment checked here (for the right 404
                 # before If-Match); the commit script checks it again atomically anyway.
                 await self.require_environment(env)
-            live = current if current is not None and not current.get("deleted") else None
+            version = 0 if current is None else current.version
+            live = current.item if current is not None and not current.item.get("deleted") else None
+            if not from_store and (
+                not _if_match_holds(if_match, version, live is not None)
+                or (must_exist and live is None)
+            ):
+                self._recent.forget(ident)
+                continue  # a refusal is answered from the store's state only: read it
             _check_if_match(if_match, version, live is not None)
             if must_exist and live is None:
                 raise ApiError(404, f"{kind} {key!r} not found in {env!r}")
@@ -292,36 +339,30 @@ class Publisher:
             record = self._envelope(
                 kind, env, key, version + 1, actor, encoded, deleted=deleted, now_ms=now
             )
-            audit = self._audit(
+            audit = audit_entry(
                 actor=actor,
                 action=action,
                 kind=kind,
                 key=key,
                 version=version + 1,
-                before=live,
-                after=new_item,
+                before=None if current is None or live is None else current.raw,
+                after=encoded,
                 comment=comment,
                 now_ms=now,
             )
-            try:
-                entry_id = await self.store.write_item(
-                    env,
-                    kind,
-                    key,
-                    encoded,
-                    version=version + 1,
-                    expected_version=version,
-                    outbox=record,
-                    audit=audit,
-                    now_ms=now,
-                )
-            except UnknownEnvironment as exc:
-                raise ApiError(404, f"environment {env!r} does not exist") from exc
-            except VersionConflict as exc:
+            outcome = await self.committer.commit(
+                ItemWrite(env, kind, key, encoded, version + 1, version, record, audit)
+            )
+            if isinstance(outcome, UnknownEnvironment):
+                self._recent.forget(ident)
+                raise ApiError(404, f"environment {env!r} does not exist")
+            if isinstance(outcome, VersionConflict):
+                self._recent.forget(ident)
                 if if_match is not None:
-                    _check_if_match(if_match, exc.current, True)
+                    _check_if_match(if_match, outcome.current, True)
                 continue  # someone else committed first: rebuild on the new state
-            return WriteResult(new_item, entry_id, created=live is None)
+            self._recent.put(ident, RecentItem(version + 1, encoded, new_item))
+            return WriteResult(new_item, outcome, created=live is None, encoded=encoded)
         raise ApiError(409, f"{kind} {key!r} is being changed concurrently; retry")
 
     def _prepare_body(self, kind: ItemKind, key: str, body: Any) -> dict[str, Any]:
@@ -493,14 +534,14 @@ class Publisher:
         outbox = self._envelope(
             "env", record.key, record.key, record.version, actor, record.to_json(), now_ms=now
         )
-        audit = self._audit(
+        audit = audit_entry(
             actor=actor,
             action=action,
             kind="environment",
             key=record.key,
             version=record.version,
-            before=None if before is None else env_view(before),
-            after=env_view(record),
+            before=None if before is None else _compact(env_view(before)),
+            after=_compact(env_view(record)),
             comment=comment,
             now_ms=now,
         )
