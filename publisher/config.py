@@ -126,6 +126,12 @@ class PublisherSettings(BaseSettings):
         description="seconds an API token's principal is remembered: a token revoked on "
         "another instance stops working here within this time (0 = ask Redis every request)",
     )
+    max_bulk_body_bytes: int = Field(
+        default=16 * MIB,
+        ge=1024,
+        le=256 * MIB,
+        description="larger bodies of POST .../bulk (up to 1,000 items) get 413",
+    )
     group_commit_max: int = Field(
         default=256,
         ge=1,

@@ -221,7 +221,9 @@ class KafkaRecordLog:
         replication_factor: int = 1,
         request_timeout_ms: int = 10_000,
         max_request_size: int = 2 * 1024 * 1024,
-        linger_ms: int = 2,
+        # The forwarder hands over a whole batch in one event-loop turn, so the producer has
+        # nothing to wait for: lingering would only add its time to every write's latency.
+        linger_ms: int = 0,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic

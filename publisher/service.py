@@ -48,6 +48,7 @@ from protocol.errors import ValidationError
 from protocol.keys import Kind, validate_key
 from protocol.model import encode_item, make_tombstone, validate_flag, validate_segment
 from publisher.auth import SCOPES, Principal, new_token_secret, token_sha256
+from publisher.bulk import BulkOperation, OperationError, bulk_error, parse_bulk
 from publisher.groupcommit import GroupCommitter
 from publisher.keylocks import KeyLocks
 from publisher.mergepatch import apply_merge_patch
@@ -66,7 +67,14 @@ from publisher.store import (
     outbox_record,
 )
 
-__all__ = ["IfMatch", "Publisher", "WriteResult", "env_view", "parse_if_match"]
+__all__ = [
+    "BulkResult",
+    "IfMatch",
+    "Publisher",
+    "WriteResult",
+    "env_view",
+    "parse_if_match",
+]
 
 _MAX_ATTEMPTS: Final = 8
 _COMMENT_MAX: Final = 2000
@@ -97,6 +105,31 @@ class WriteResult:
     entry_id: str
     created: bool
     encoded: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BulkResult:
+    """A bulk request's answer body, and the last outbox entry to wait for (None: nothing
+    was written, e.g. a dry run or only unchanged items)."""
+
+    body: dict[str, Any]
+    last_entry_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """A bulk operation checked against the current state: what to write (``item`` None =
+    unchanged, nothing to write) and the result line to report."""
+
+    op: BulkOperation
+    result: dict[str, Any]
+    item: dict[str, Any] | None = None
+    encoded: bytes = b""
+    version: int = 0  # the new version
+    before: bytes | None = None  # the live item's stored JSON (for the audit entry)
+
+
+_BULK_POINT_READS = 32  # up to this many operations read their items one by one
 
 
 def parse_if_match(header: str | None) -> IfMatch:
@@ -137,6 +170,27 @@ def _check_if_match(if_match: IfMatch, current: int, exists: bool) -> None:
             type_="stale-version",
             extra={"currentVersion": current},
         )
+
+
+def _check_patch(kind: str, key: str, patch: dict[str, Any]) -> None:
+    """A merge patch may not set the version, delete the item or change its key."""
+    patch.pop("version", None)
+    if patch.get("deleted") is True:
+        raise ApiError(422, f"deleted: use DELETE to delete a {kind}")
+    if "key" in patch and patch["key"] != key:
+        raise ApiError(422, "key: a patch cannot change an item's key")
+
+
+def _stale_error(op: BulkOperation, current: int) -> OperationError:
+    return OperationError(
+        op.index,
+        412,
+        f"ifMatch {op.if_match} but the current version is {current}",
+        op.op,
+        op.kind,
+        op.key,
+        current_version=current,
+    )
 
 
 def _comment(header: str | None, body: dict[str, Any] | None) -> str | None:
@@ -384,6 +438,12 @@ class Publisher:
         item.pop("version", None)
         return item
 
+    def _prepare_patch(
+        self, kind: ItemKind, key: str, live: dict[str, Any], patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        _check_patch(kind, key, patch)
+        return self._prepare_body(kind, key, apply_merge_patch(live, patch))
+
     async def put_item(
         self,
         env: str,
@@ -428,11 +488,7 @@ class Publisher:
             raise ApiError(400, "the request body must be a JSON merge patch object (RFC 7386)")
         patch = dict(patch)
         comment = _comment(comment_header, patch)
-        patch.pop("version", None)
-        if patch.get("deleted") is True:
-            raise ApiError(422, f"deleted: use DELETE to delete a {kind}")
-        if "key" in patch and patch["key"] != key:
-            raise ApiError(422, "key: a patch cannot change an item's key")
+        _check_patch(kind, key, patch)
 
         def build(live: dict[str, Any] | None) -> dict[str, Any]:
             assert live is not None
@@ -474,6 +530,188 @@ class Publisher:
             comment=comment,
             action="delete",
         )
+
+    # -- bulk ----------------------------------------------------------------------------
+    async def bulk(
+        self,
+        env: str,
+        body: Any,
+        *,
+        actor: Principal,
+        comment_header: str | None,
+        dry_run: bool = False,
+    ) -> BulkResult:
+        """Apply a bulk request atomically (rules in ``publisher.bulk``)."""
+        _url_key(env, "environment")
+        ops, shape_errors, body_comment, skip_unchanged = parse_bulk(body)
+        comment = _comment(comment_header, {"comment": body_comment})
+        await self.require_environment(env)
+        request_id = uuid.uuid4().hex
+        total = len(ops) + len(shape_errors)
+        for _ in range(_MAX_ATTEMPTS):
+            current = await self._bulk_current(env, ops)
+            now = _now_ms()
+            planned: list[_Planned] = []
+            errors = list(shape_errors)
+            for op in ops:
+                plan = self._plan(env, op, current.get((op.kind, op.key)), skip_unchanged)
+                if isinstance(plan, OperationError):
+                    errors.append(plan)
+                else:
+                    planned.append(plan)
+            if errors:
+                errors.sort(key=lambda e: e.index)
+                raise bulk_error(errors, total)
+            to_write = [p for p in planned if p.item is not None]
+            writes = [
+                self._bulk_write(env, p, actor.name, comment, request_id, now) for p in to_write
+            ]
+            if dry_run or not writes:
+                return BulkResult(self._bulk_body(request_id, planned, dry_run), None)
+            outcomes = await self.store.write_items(writes, atomic=True, now_ms=now)
+            failures = [
+                (w, o)
+                for w, o in zip(writes, outcomes, strict=True)
+                if o != "" and not isinstance(o, str)
+            ]
+            if not failures:
+                for p in to_write:
+                    assert p.item is not None
+                    self._recent.put(
+                        (env, p.op.kind, p.op.key), RecentItem(p.version, p.encoded, p.item)
+                    )
+                last = outcomes[-1]
+                assert isinstance(last, str)
+                return BulkResult(self._bulk_body(request_id, planned, False), last)
+            if any(isinstance(o, UnknownEnvironment) for _, o in failures):
+                raise ApiError(404, f"environment {env!r} does not exist")
+            by_key = {(p.op.kind, p.op.key): p.op for p in planned}
+            stale = []
+            for w, o in failures:
+                assert isinstance(o, VersionConflict)
+                self._recent.forget((env, w.kind, w.key))
+                op = by_key[(w.kind, w.key)]
+                if op.if_match is not None and not _if_match_holds(
+                    op.if_match, o.current, o.current > 0
+                ):
+                    stale.append(_stale_error(op, o.current))
+            if stale:
+                raise bulk_error(stale, total)
+            # Another writer changed an item without If-Match in between: rebuild them all.
+        raise ApiError(409, f"items of {env!r} are being changed concurrently; retry")
+
+    async def _bulk_current(
+        self, env: str, ops: list[BulkOperation]
+    ) -> dict[tuple[str, str], RecentItem | None]:
+        """The stored state of every item the operations touch (never the remembered one:
+        refusals are answered from the store's state)."""
+        out: dict[tuple[str, str], RecentItem | None] = {}
+        if len(ops) <= _BULK_POINT_READS:
+            for op in ops:
+                out[(op.kind, op.key)] = await self._stored((env, op.kind, op.key))
+            return out
+        for kind in sorted({op.kind for op in ops}):
+            stored = await self.store.list_items(env, kind)
+            for op in ops:
+                if op.kind != kind:
+                    continue
+                raw = stored.get(op.key)
+                if raw is None:
+                    out[(kind, op.key)] = None
+                else:
+                    item = json.loads(raw)
+                    out[(kind, op.key)] = RecentItem(int(item["version"]), raw, item)
+        return out
+
+    def _plan(
+        self, env: str, op: BulkOperation, current: RecentItem | None, skip_unchanged: bool
+    ) -> _Planned | OperationError:
+        """Validate one operation against the item's current state (rule 2 of bulk)."""
+        version = 0 if current is None else current.version
+        live = current.item if current is not None and not current.item.get("deleted") else None
+
+        def error(status: int, detail: str) -> OperationError:
+            return OperationError(op.index, status, detail, op.op, op.kind, op.key)
+
+        try:
+            if op.op == "put":
+                item = self._prepare_body(op.kind, op.key, op.value)
+            elif op.op == "patch":
+                if live is None:
+                    return error(404, f"{op.kind} {op.key!r} not found in {env!r}")
+                item = self._prepare_patch(op.kind, op.key, live, dict(op.value))
+            else:
+                if live is None:
+                    return error(404, f"{op.kind} {op.key!r} not found in {env!r}")
+                item = make_tombstone(op.key, 0)
+        except ApiError as exc:
+            return error(exc.status, exc.detail)
+        if not _if_match_holds(op.if_match, version, live is not None):
+            return _stale_error(op, version)
+        result: dict[str, Any] = {"index": op.index, "op": op.op, "kind": op.kind, "key": op.key}
+        if (
+            skip_unchanged
+            and op.op == "put"
+            and live is not None
+            and {k: v for k, v in live.items() if k != "version"} == item
+        ):
+            result.update(version=version, unchanged=True)
+            return _Planned(op, result)
+        item["version"] = version + 1
+        encoded = encode_item(item)
+        try:  # the record's size limit, checked now so that it is reported with the rest
+            self._envelope(op.kind, env, op.key, version + 1, "", encoded, now_ms=0)
+        except ApiError as exc:
+            return error(exc.status, exc.detail)
+        result.update(version=version + 1, created=live is None)
+        before = None if current is None or live is None else current.raw
+        return _Planned(op, result, item, encoded, version + 1, before)
+
+    def _bulk_write(
+        self,
+        env: str,
+        planned: _Planned,
+        actor: str,
+        comment: str | None,
+        request_id: str,
+        now: int,
+    ) -> ItemWrite:
+        op, version = planned.op, planned.version
+        record = self._envelope(
+            op.kind,
+            env,
+            op.key,
+            version,
+            actor,
+            planned.encoded,
+            deleted=op.op == "delete",
+            now_ms=now,
+        )
+        audit = audit_entry(
+            actor=actor,
+            action=op.op,
+            kind=op.kind,
+            key=op.key,
+            version=version,
+            before=planned.before,
+            after=planned.encoded,
+            comment=comment,
+            now_ms=now,
+            request_id=request_id,
+        )
+        return ItemWrite(env, op.kind, op.key, planned.encoded, version, version - 1, record, audit)
+
+    @staticmethod
+    def _bulk_body(request_id: str, planned: list[_Planned], dry_run: bool) -> dict[str, Any]:
+        results = [p.result for p in planned]
+        unchanged = sum(1 for r in results if r.get("unchanged"))
+        return {
+            "requestId": request_id,
+            "dryRun": dry_run,
+            "written": 0 if dry_run else len(results) - unchanged,
+            "unchanged": unchanged,
+            "results": results,
+        }
 
     # -- audit ---------------------------------------------------------------------------
     async def audit(self, env: str, limit: int) -> list[dict[str, Any]]:
