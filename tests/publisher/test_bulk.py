@@ -29,7 +29,7 @@ async def test_bulk_applies_everything_with_one_request_id(api: Api) -> None:
             rules=[
                 {"clauses": [{"attribute": "key", "op": "in", "values": ["a"]}], "variation": 1}
             ],
-        ),  # fmt: skip
+        ),
         {"op": "patch", "kind": "flag", "key": "old", "value": {"on": False}, "ifMatch": 1},
         {"op": "delete", "kind": "flags", "key": "gone", "ifMatch": "*"},
     ]
