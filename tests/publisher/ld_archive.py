@@ -108,7 +108,7 @@ def make_segments(rng: random.Random, count: int) -> dict[str, dict[str, Any]]:
                     "weight": 40_000,
                     "bucketBy": "key",
                     "rolloutContextKind": "user",
-                }  # fmt: skip
+                }
             )
         if i > 3 and i % 11 == 0:  # nested segment
             seg["rules"].append(
@@ -122,7 +122,7 @@ def make_segments(rng: random.Random, count: int) -> dict[str, dict[str, Any]]:
                             "negate": False,
                         }
                     ]
-                }  # fmt: skip
+                }
             )
         segments[key] = seg
     segments["segment-big"] = {
@@ -174,7 +174,7 @@ def make_flags(rng: random.Random, count: int, segments: list[str]) -> dict[str,
                 {
                     "values": [f"user-{rng.randrange(200)}" for _ in range(3)],
                     "variation": rng.randrange(n),
-                }  # fmt: skip
+                }
             )
             flag["contextTargets"] = [
                 {"contextKind": "user", "values": [], "variation": flag["targets"][0]["variation"]},
@@ -182,7 +182,7 @@ def make_flags(rng: random.Random, count: int, segments: list[str]) -> dict[str,
                     "contextKind": "org",
                     "values": [f"org-{rng.randrange(7)}"],
                     "variation": rng.randrange(n),
-                },  # fmt: skip
+                },
             ]
         for r in range(rng.randrange(0, 4)):
             rule: dict[str, Any] = {
@@ -219,7 +219,7 @@ def make_flags(rng: random.Random, count: int, segments: list[str]) -> dict[str,
                             "negate": False,
                         }
                     ],
-                }  # fmt: skip
+                }
             )
         flags[key] = flag
     flags["flag-deleted"] = {"key": "flag-deleted", "version": 7, "deleted": True}

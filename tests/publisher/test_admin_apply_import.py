@@ -111,7 +111,7 @@ def rest_env(**extra: Any) -> dict[str, Any]:
                         "values": ["@corp.io"],
                         "negate": False,
                         "contextKind": "user",
-                    }  # fmt: skip
+                    }
                 ],
                 "trackEvents": False,
                 "description": "staff",
@@ -136,7 +136,7 @@ def rest_env(**extra: Any) -> dict[str, Any]:
                         "values": ["beta"],
                         "negate": False,
                     }
-                ],  # fmt: skip
+                ],
                 "trackEvents": True,
             },
         ],
