@@ -10,12 +10,11 @@ Rules:
 - **Order.** The outbox is read oldest first, a batch at a time; the batch's sends are started
   in that order (``RecordLog`` keeps the order of started sends per partition), so each
   environment's records reach Kafka in commit order.
-- **Removal only after acknowledgement.** After a batch, the writers of the longest
-  acknowledged *prefix* are told (their records are in Kafka), then that prefix is removed.
-  If a send failed, everything from the first failure on is sent again after a
-  backoff, in order, even records after it that were acknowledged: the log then ends with the
-  right order for every item, at the cost of duplicates (at-least-once; relays and SDKs ignore
-  a version they already hold).
+- **Removal only after acknowledgement.** After a batch, the longest acknowledged *prefix* is
+  removed, then its writers are told. If a send failed, everything from the first failure on
+  is sent again after a backoff, in order, even records after it that were acknowledged: the
+  log then ends with the right order for every item, at the cost of duplicates
+  (at-least-once; relays and SDKs ignore a version they already hold).
 - **Kafka down.** Sends fail or time out; the forwarder keeps retrying with exponential backoff
   (capped), never skipping, never reordering. Redis down: same, the lease is re-acquired after.
 - **A topic the log created is filled first.** When the record log (re)creates the topic (at
@@ -311,17 +310,16 @@ class Forwarder:
                 break
             acked.append(entry)
         if acked:
-            # Kafka acknowledged them: their writers may answer 200/201 now. Removing them
-            # from the outbox is bookkeeping; if it fails they are sent again (at-least-once),
-            # which never takes an acknowledgement back.
+            now_ms = time.time() * 1000
+            # Removed first, then their writers answered: a 200/201 also means the record has
+            # left the outbox (what operators and tests see in the outbox depth).
+            await self._store.outbox_remove([e.id for e in acked], owner=self.owner, fence=fence)
             self._notify(acked)
             self.kafka_ok = True
-            now_ms = time.time() * 1000
             observe = self._metrics.forward_latency.observe
             for entry in acked:
                 observe(max(0.0, (now_ms - entry.enqueued_ms) / 1000))
             self._metrics.records_forwarded.inc(len(acked))
-            await self._store.outbox_remove([e.id for e in acked], owner=self.owner, fence=fence)
         now = time.monotonic()
         if failure is not None or now - self._depth_at > 0.5:
             # one XLEN per half second is plenty for a gauge, and keeps the hot path short

@@ -16,6 +16,7 @@ import pytest
 from ld_archive import contexts, env_rep, environment_data, write_archive
 from ldclient import LDClient
 from ldclient.config import Config
+from ldclient.impl.integrations.files import file_data_source
 from ldclient.integrations import Files
 from publisher_support import ADMIN, ApiFactory
 from relay_support import relay_settings, run_relay, wait_ready
@@ -23,7 +24,7 @@ from relay_support import relay_settings, run_relay, wait_ready
 from publisher.admin_cli import main
 from publisher.redis_store import RedisStore
 
-pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
 FLAGS = 5000
 
@@ -57,7 +58,12 @@ async def test_import_of_a_relay_archive_evaluates_like_the_source(
     kafka_bootstrap: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The SDK's file data source parses with PyYAML's pure-Python loader when PyYAML is
+    # installed (minutes for this 5 MB file on a loaded machine); its other path is
+    # json.loads, which reads the same JSON into the same data.
+    monkeypatch.setattr(file_data_source, "have_yaml", False)
     production = environment_data(seed=18, flag_count=FLAGS, segment_count=60)
     staging = environment_data(seed=19, flag_count=30, segment_count=5)
     archive = tmp_path / "ld-archive.tar.gz"
