@@ -36,7 +36,14 @@ from protocol.errors import ValidationError
 from protocol.keys import validate_key
 from publisher.problems import ApiError
 
-__all__ = ["MAX_OPERATIONS", "BulkOperation", "OperationError", "parse_bulk"]
+__all__ = [
+    "MAX_OPERATIONS",
+    "BulkOperation",
+    "OperationError",
+    "bulk_error",
+    "parse_bulk",
+    "parse_if_match_value",
+]
 
 MAX_OPERATIONS: Final = 1000
 _KINDS: Final = {"flag": "flag", "segment": "segment", "flags": "flag", "segments": "segment"}
