@@ -14,6 +14,15 @@ acknowledged the record (acks=all, idempotent producer) before answering 200. An
 (stored, delivery pending: Kafka was slower than the publisher's ack timeout) are counted
 apart and are **not** included in the acknowledged writes/s. Loopback only, bounded by
 ``--writes`` and ``--max-seconds``. Prints a summary (``--json`` for machine output).
+
+``--publisher-pid PID`` adds the publisher's CPU time per measured write (user + system, from
+``/proc/PID/stat``, sampled just before and after the measured phase).
+
+``--import-items N`` measures an import instead: N realistic flags (targets, rules, rollouts,
+~1 KB each) written to a fresh environment, either as bulk requests of ``--bulk-size``
+operations sent one after the other (``--import-mode bulk``, what ``flagstream admin import``
+does) or as one PUT per flag from ``--concurrency`` clients (``--import-mode puts``, the only
+way before the bulk endpoint). Reports items/s from the first request to the last answer.
 """
 
 from __future__ import annotations
@@ -57,6 +66,110 @@ async def _prepare(session: aiohttp.ClientSession, base: str, env: str, flags: i
                 raise SystemExit(f"cannot create flag: {r.status} {await r.text()}")
 
 
+def _cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (Linux), None without a pid."""
+    if pid is None:
+        return None
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _import_flag(i: int) -> dict[str, Any]:
+    """A realistic flag of about 1 KB: targets, two rules, a percentage rollout."""
+    return {
+        "key": f"import-{i:06d}",
+        "on": i % 5 != 0,
+        "variations": ["control", "treatment-a", "treatment-b"],
+        "offVariation": 0,
+        "salt": f"salt-{i}",
+        "targets": [{"values": [f"user-{i}-{n}" for n in range(5)], "variation": 1}],
+        "rules": [
+            {
+                "id": f"r{i}-1",
+                "clauses": [
+                    {"attribute": "email", "op": "endsWith", "values": ["@example.com"]},
+                    {"attribute": "country", "op": "in", "values": ["de", "fr", "nl"]},
+                ],
+                "variation": 2,
+            },
+            {
+                "id": f"r{i}-2",
+                "clauses": [{"attribute": "", "op": "segmentMatch", "values": ["beta-testers"]}],
+                "rollout": {
+                    "variations": [
+                        {"variation": 1, "weight": 50_000},
+                        {"variation": 2, "weight": 50_000},
+                    ],
+                    "bucketBy": "key",
+                },
+            },
+        ],
+        "fallthrough": {
+            "rollout": {
+                "variations": [
+                    {"variation": 0, "weight": 90_000},
+                    {"variation": 1, "weight": 10_000},
+                ]
+            }
+        },
+        "clientSideAvailability": {"usingMobileKey": True, "usingEnvironmentId": False},
+    }
+
+
+async def _run_import(args: argparse.Namespace) -> dict[str, Any]:
+    base = args.url.rstrip("/")
+    headers = {"Authorization": f"Bearer {args.token}"}
+    env = f"{args.env}-import-{int(time.time() * 1000) % 10**9}"
+    flags = [_import_flag(i) for i in range(args.import_items)]
+    connector = aiohttp.TCPConnector(limit=args.concurrency)
+    async with aiohttp.ClientSession(
+        headers=headers, connector=connector, timeout=aiohttp.ClientTimeout(total=120)
+    ) as session:
+        async with session.post(f"{base}/api/v1/environments", json={"key": env}) as resp:
+            if resp.status not in (201, 202):
+                raise SystemExit(f"cannot create environment {env}: {resp.status}")
+        statuses: dict[int, int] = {}
+        cpu0 = _cpu_seconds(args.publisher_pid)
+        began = time.perf_counter()
+        if args.import_mode == "bulk":
+            for start in range(0, len(flags), args.bulk_size):
+                ops = [
+                    {"op": "put", "kind": "flag", "key": f["key"], "value": f}
+                    for f in flags[start : start + args.bulk_size]
+                ]
+                url = f"{base}/api/v1/environments/{env}/bulk"
+                async with session.post(url, json={"operations": ops}) as resp:
+                    await resp.read()
+                    statuses[resp.status] = statuses.get(resp.status, 0) + len(ops)
+        else:
+            queue = iter(flags)
+
+            async def worker() -> None:
+                for flag in queue:
+                    url = f"{base}/api/v1/environments/{env}/flags/{flag['key']}"
+                    async with session.put(url, json=flag) as resp:
+                        await resp.read()
+                        statuses[resp.status] = statuses.get(resp.status, 0) + 1
+
+            await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        elapsed = time.perf_counter() - began
+        cpu1 = _cpu_seconds(args.publisher_pid)
+    acknowledged = sum(v for k, v in statuses.items() if k in (200, 201))
+    result: dict[str, Any] = {
+        "mode": args.import_mode,
+        "items": len(flags),
+        "acknowledged_items": acknowledged,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "seconds": round(elapsed, 3),
+        "items_per_second": round(acknowledged / elapsed, 1) if elapsed else 0.0,
+        "bytes_per_item": len(json.dumps(flags[0])),
+    }
+    if cpu0 is not None and cpu1 is not None:
+        result["publisher_cpu_us_per_item"] = round((cpu1 - cpu0) / len(flags) * 1e6, 1)
+    return result
+
+
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
     base = args.url.rstrip("/")
     headers = {"Authorization": f"Bearer {args.token}"}
@@ -87,13 +200,21 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 
         await asyncio.gather(*(worker(args.warmup, False) for _ in range(args.concurrency)))
         counter = 0
+        cpu0 = _cpu_seconds(args.publisher_pid)
         began = time.perf_counter()
         await asyncio.gather(*(worker(args.writes, True) for _ in range(args.concurrency)))
         elapsed = time.perf_counter() - began
+        cpu1 = _cpu_seconds(args.publisher_pid)
 
     latencies.sort()
     acknowledged = statuses.get(200, 0)
+    cpu: dict[str, Any] = {}
+    if cpu0 is not None and cpu1 is not None:
+        cpu["publisher_cpu_us_per_write"] = round(
+            (cpu1 - cpu0) / max(1, sum(statuses.values())) * 1e6, 1
+        )
     return {
+        **cpu,
         "writes": sum(statuses.values()),
         "acknowledged": acknowledged,
         "pending_202": statuses.get(202, 0),
@@ -127,6 +248,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--flags", type=int, default=50, help="distinct flags written to")
     parser.add_argument("--max-seconds", type=float, default=120.0, help="hard time bound")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument(
+        "--publisher-pid", type=int, default=None, help="report this process's CPU per write"
+    )
+    parser.add_argument(
+        "--import-items", type=int, default=0, help="measure an import of N flags instead"
+    )
+    parser.add_argument("--import-mode", choices=["bulk", "puts"], default="bulk")
+    parser.add_argument("--bulk-size", type=int, default=1000, help="operations per bulk request")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if not args.token:
         print("bench_publisher: pass --token or set FLAGSTREAM_ADMIN_TOKEN", file=sys.stderr)
@@ -134,6 +263,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.url.startswith(("http://127.", "http://localhost")):
         print("bench_publisher: loopback publishers only (http://127.0.0.1:PORT)", file=sys.stderr)
         return 2
+    if args.import_items:
+        try:
+            imported = asyncio.run(_run_import(args))
+        except aiohttp.ClientConnectionError as exc:
+            print(f"bench_publisher: cannot reach {args.url}: {exc}", file=sys.stderr)
+            return 3
+        if args.json:
+            print(json.dumps(imported, indent=2))
+        else:
+            cpu_note = (
+                f", publisher CPU {imported['publisher_cpu_us_per_item']} us/item"
+                if "publisher_cpu_us_per_item" in imported
+                else ""
+            )
+            print(
+                f"imported {imported['acknowledged_items']} of {imported['items']} flags "
+                f"({imported['mode']}) in {imported['seconds']} s: "
+                f"{imported['items_per_second']} items/s{cpu_note} {imported['statuses']}"
+            )
+        return 0 if imported["acknowledged_items"] == imported["items"] else 1
     try:
         result = asyncio.run(_run(args))
     except aiohttp.ClientConnectionError as exc:
@@ -142,8 +291,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
+        cpu_note = (
+            f", publisher CPU {result['publisher_cpu_us_per_write']} us/write"
+            if "publisher_cpu_us_per_write" in result
+            else ""
+        )
         print(
-            f"{result['acknowledged']} acknowledged writes in {result['seconds']} s: "
+            f"{result['acknowledged']} acknowledged writes in {result['seconds']} s{cpu_note}: "
             f"{result['acknowledged_writes_per_second']} writes/s (acks=all), "
             f"concurrency {result['concurrency']}, p50 {result['latency_ms_p50']} ms, "
             f"p99 {result['latency_ms_p99']} ms, max {result['latency_ms_max']} ms; "

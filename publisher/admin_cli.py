@@ -91,6 +91,14 @@ class Client:
             try:
                 problem = json.loads(raw)
                 detail = problem.get("detail") or problem.get("title")
+                errors = problem.get("errors")
+                if detail and isinstance(errors, list):  # a bulk refusal: every operation
+                    detail += "".join(
+                        f"\n  operations[{e.get('index')}] {e.get('kind')} {e.get('key')}: "
+                        f"{e.get('status')} {e.get('detail')}"
+                        for e in errors[:50]
+                        if isinstance(e, dict)
+                    ) + (f"\n  ... and {len(errors) - 50} more" if len(errors) > 50 else "")
             except (ValueError, AttributeError):
                 pass
             if not detail:  # not a problem document (e.g. a proxy's page): reason and excerpt
@@ -378,7 +386,188 @@ def run(args: argparse.Namespace, client: Client) -> str | Any:
             else "no audit entries"
         )
 
+    if cmd == "apply":
+        return _apply(args, client)
+
+    if cmd == "import":
+        return _import_launchdarkly(args, client)
+
     raise CliError(f"unknown command {cmd}", EXIT_USAGE)  # pragma: no cover
+
+
+def _bulk_path(env: str, dry_run: bool) -> str:
+    return f"/api/v1/environments/{_q(env)}/bulk" + ("?dryRun=true" if dry_run else "")
+
+
+def _operations_of(doc: Any, path: str) -> list[Any]:
+    """The operations of an apply file: ``operations`` as the API takes them, or the
+    declarative ``flags`` / ``segments`` (a list, or an object by key) meaning "put these"."""
+    if not isinstance(doc, dict):
+        raise CliError(f"{path} must hold an object with operations, flags or segments", 2)
+    if "operations" in doc:
+        ops = doc["operations"]
+        if not isinstance(ops, list):
+            raise CliError(f"{path}: operations must be a list", EXIT_USAGE)
+        return ops
+    ops = []
+    for kind in ("segment", "flag"):  # segments first: flags may use them
+        items = doc.get(kind + "s") or []
+        if isinstance(items, dict):
+            items = [{"key": k, **v} if isinstance(v, dict) else v for k, v in items.items()]
+        if not isinstance(items, list):
+            raise CliError(f"{path}: {kind}s must be a list or an object by key", EXIT_USAGE)
+        for item in items:
+            key = item.get("key") if isinstance(item, dict) else None
+            ops.append({"op": "put", "kind": kind, "key": key, "value": item})
+    if not ops:
+        raise CliError(f"{path} has no operations, flags or segments", EXIT_USAGE)
+    return ops
+
+
+_BULK_MAX = 1000
+
+
+def _apply(args: argparse.Namespace, client: Client) -> str | Any:
+    doc = _load_file(args.file)
+    ops = _operations_of(doc, args.file)
+    env = args.env or (doc.get("environment") if isinstance(doc, dict) else None)
+    if not isinstance(env, str) or not env:
+        raise CliError(f'{args.file} names no "environment"; pass --env', EXIT_USAGE)
+    if len(ops) > _BULK_MAX:
+        raise CliError(
+            f"{args.file} has {len(ops)} operations; one atomic request takes at most "
+            f"{_BULK_MAX}: split the file",
+            EXIT_USAGE,
+        )
+    body: dict[str, Any] = {"operations": ops, "skipUnchanged": True}
+    comment = args.comment or doc.get("comment")
+    if comment is not None:
+        body["comment"] = comment
+    status, answer = client.call("POST", _bulk_path(env, args.dry_run), body)
+    if args.json:
+        return answer
+    pending = " (stored; Kafka delivery pending)" if status == 202 else ""
+    lines = [
+        f"{'dry run: would change' if args.dry_run else 'applied to'} {env}: "
+        f"{answer['written'] if not args.dry_run else len(ops) - answer['unchanged']} written, "
+        f"{answer['unchanged']} unchanged{pending}"
+        + ("; nothing was written" if args.dry_run else f" (request {answer['requestId']})")
+    ]
+    for r in answer["results"]:
+        what = "unchanged" if r.get("unchanged") else ("create" if r.get("created") else r["op"])
+        lines.append(f"  {what:9} {r['kind']:7} {r['key']}  version {r['version']}")
+    return "\n".join(lines)
+
+
+def _env_map(pairs: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        source, sep, target = pair.partition("=")
+        if not source:
+            raise CliError(f"--env {pair!r}: expected LD_ENV[=FLAGSTREAM_ENV]", EXIT_USAGE)
+        out[source] = target if sep else source
+    return out
+
+
+def _import_launchdarkly(args: argparse.Namespace, client: Client) -> str:
+    from publisher import ldimport
+
+    source = Path(args.source)
+    try:
+        if ldimport.is_archive(source):
+            if args.segments:
+                raise CliError("--segments is for the REST export, not an archive", EXIT_USAGE)
+            plan = ldimport.read_relay_archive(source)
+        else:
+            segments = {}
+            for pair in args.segments or []:
+                env, sep, file = pair.partition("=")
+                if not sep or not env or not file:
+                    raise CliError(f"--segments {pair!r}: expected ENV=FILE", EXIT_USAGE)
+                segments[env] = ldimport.load_json_file(Path(file))
+            plan = ldimport.read_rest_export(ldimport.load_json_file(source), segments)
+    except ldimport.SourceError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+    mapping = _env_map(args.env)
+    chosen: list[tuple[ldimport.LdEnvironment, str]] = []
+    for env in plan.environments:
+        target = mapping.get(env.source, mapping.get(env.key))
+        if mapping and target is None:
+            continue
+        chosen.append((env, target or env.key))
+    targets = [t for _, t in chosen]
+    twice = sorted({t for t in targets if targets.count(t) > 1})
+    if twice:
+        raise CliError(
+            f"several LaunchDarkly environments map to {', '.join(twice)}; choose with "
+            "--env PROJECT/ENV=TARGET",
+            EXIT_USAGE,
+        )
+    if not chosen:
+        raise CliError("no environment to import (check --env)", EXIT_USAGE)
+    _, listed = client.call("GET", "/api/v1/environments")
+    existing = {e["key"] for e in listed["items"]}
+    lines = []
+    for env, target in chosen:
+        if target not in existing:
+            if not args.create_environments:
+                raise CliError(
+                    f"environment {target!r} does not exist in flagstream; create it first or "
+                    "pass --create-environments",
+                    EXIT_API,
+                )
+            if args.dry_run:
+                lines.append(f"would create environment {target} ({env.name})")
+            else:
+                _, created = client.call(
+                    "POST", "/api/v1/environments", {"key": target, "name": env.name}
+                )
+                created, _ = _unwrap(201, created)
+                lines.append(
+                    f"created environment {target} ({env.name}); SDK key {created['sdkKey']}, "
+                    f"mobile key {created['mobileKey']} (shown only once)"
+                )
+        ops = [
+            {"op": "put", "kind": kind, "key": key, "value": item}
+            for kind, items in (("segment", env.segments), ("flag", env.flags))
+            for key, item in sorted(items.items())
+        ]
+        written = unchanged = 0
+        for chunk in _chunks(ops):
+            body = {"operations": chunk, "skipUnchanged": True, "comment": args.comment or
+                    f"imported from LaunchDarkly {env.source}"}  # fmt: skip
+            if args.dry_run and target not in existing:
+                written += len(chunk)  # a new environment: everything would be created
+                continue
+            _, answer = client.call("POST", _bulk_path(target, args.dry_run), body)
+            unchanged += answer["unchanged"]
+            written += len(chunk) - answer["unchanged"]
+        verb = "would write" if args.dry_run else "wrote"
+        lines.append(
+            f"{env.source} -> {target}: {len(env.flags)} flags, {len(env.segments)} segments; "
+            f"{verb} {written}, {unchanged} unchanged"
+        )
+    if plan.notes:
+        lines.append(f"not carried over as they are ({len(plan.notes)}):")
+        lines.extend(f"  {note}" for note in plan.notes)
+    return "\n".join(lines)
+
+
+_CHUNK_BYTES = 4 * 1024 * 1024  # well below the publisher's bulk body limit (16 MiB default)
+
+
+def _chunks(ops: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Bulk requests of at most 1,000 operations and about ``_CHUNK_BYTES`` each."""
+    chunks: list[list[dict[str, Any]]] = [[]]
+    size = 0
+    for op in ops:
+        n = len(json.dumps(op))
+        if chunks[-1] and (len(chunks[-1]) >= _BULK_MAX or size + n > _CHUNK_BYTES):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(op)
+        size += n
+    return [c for c in chunks if c]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -449,6 +638,48 @@ def _parser() -> argparse.ArgumentParser:
             t.add_argument("key")
             t.add_argument("state", nargs="?", choices=["on", "off"])
             t.add_argument("--comment")
+
+    ap = sub.add_parser(
+        "apply",
+        help="apply a file of changes atomically (all or nothing), JSON or YAML",
+        description="FILE holds {environment?, comment?, operations: [{op, kind, key, "
+        "value?, ifMatch?}]} as the bulk API takes them, or {environment?, flags, segments} "
+        "(lists or objects by key) meaning: put these. At most 1,000 operations; items equal "
+        "to the stored ones are left unchanged.",
+    )
+    ap.add_argument("file", help="path, or - for stdin")
+    ap.add_argument("--env", help='environment (default: the file\'s "environment")')
+    ap.add_argument("--dry-run", action="store_true", help="validate and report, write nothing")
+    ap.add_argument("--comment")
+
+    imp = sub.add_parser("import", help="import flags and segments from another system")
+    isub = imp.add_subparsers(dest="system", required=True)
+    ld = isub.add_parser(
+        "launchdarkly",
+        help="from a Relay Proxy offline archive or the REST API's flags export",
+        description="SOURCE is a Relay Proxy offline-mode archive (.tar.gz) or the REST API's "
+        "flags list (GET /api/v2/flags/PROJECT?summary=0, JSON) with --segments ENV=FILE per "
+        "environment (GET /api/v2/segments/PROJECT/ENV). Keys, variations, rules, targets, "
+        "segments and prerequisites are kept; what cannot be carried over is listed. "
+        "Idempotent: a second run writes nothing. Each bulk request (<= 1,000 items) is atomic.",
+    )
+    ld.add_argument("source")
+    ld.add_argument(
+        "--segments", action="append", metavar="ENV=FILE", help="REST segments list (repeatable)"
+    )
+    ld.add_argument(
+        "--env",
+        action="append",
+        metavar="LD_ENV[=TARGET]",
+        help="import only these environments (LD key or PROJECT/ENV), optionally renamed",
+    )
+    ld.add_argument(
+        "--create-environments",
+        action="store_true",
+        help="create missing flagstream environments (prints their keys once)",
+    )
+    ld.add_argument("--dry-run", action="store_true", help="report what would change")
+    ld.add_argument("--comment")
 
     a = sub.add_parser("audit", help="an environment's audit log, newest first")
     a.add_argument("env")

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from publisher.auth import Principal, Scope, parse_bearer, principal_for, token_sha256
 from publisher.config import PublisherSettings
@@ -29,6 +29,7 @@ from publisher.openapi import openapi_spec
 from publisher.problems import ApiError, problem_response
 from publisher.service import IfMatch, Publisher, WriteResult, env_view, parse_if_match
 from publisher.store import ItemKind, Store, StoreUnavailable
+from publisher.tokencache import PrincipalCache
 
 __all__ = ["FORWARDER", "METRICS", "PUBLISHER", "build_app"]
 
@@ -39,6 +40,10 @@ METRICS = web.AppKey("metrics", PublisherMetrics)
 PUBLISHER = web.AppKey("publisher", Publisher)
 _SETTINGS = web.AppKey("settings", PublisherSettings)
 _ADMIN_SHA = web.AppKey("admin_sha256", str)
+_PRINCIPALS = web.AppKey("principals", PrincipalCache)
+# The two write counters every answered write increments, looked up once.
+_ACKNOWLEDGED = web.AppKey("writes_acknowledged", Counter)
+_PENDING = web.AppKey("writes_pending", Counter)
 _PRINCIPAL = web.RequestKey("principal", Principal)
 
 _KINDS: dict[str, ItemKind] = {"flags": "flag", "segments": "segment"}
@@ -105,6 +110,8 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     digest = token_sha256(secret)
     principal = principal_for(digest, request.app[_ADMIN_SHA] or None)
     if principal is None:
+        principal = request.app[_PRINCIPALS].get(digest)
+    if principal is None:
         token = await request.app[PUBLISHER].store.find_token(digest)
         if token is not None and _same(token.secret_sha256, digest):
             principal = Principal(
@@ -113,6 +120,7 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
                 frozenset(token.scopes),
                 None if token.environments is None else frozenset(token.environments),
             )
+            request.app[_PRINCIPALS].put(digest, principal)
     if principal is None:
         raise ApiError(401, "invalid or revoked token", headers=challenge)
     request[_PRINCIPAL] = principal
@@ -165,6 +173,10 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     )
 
 
+def _json_bytes(body: bytes, status: int, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
 async def _answer_write(request: web.Request, result: WriteResult) -> web.Response:
     """200/201 once Kafka acknowledged the write's record, else 202 (delivery pending)."""
     app = request.app
@@ -174,10 +186,17 @@ async def _answer_write(request: web.Request, result: WriteResult) -> web.Respon
     headers = {}
     if isinstance(result.body.get("version"), int) and "sdkKey" not in result.body:
         headers["ETag"] = f'"{result.body["version"]}"'
+    # The stored item's JSON is reused as it is (encoded once, when it was built).
+    item = result.encoded
     if delivered:
-        app[METRICS].writes.labels("acknowledged").inc()
-        return _json(result.body, 201 if result.created else 200, headers)
-    app[METRICS].writes.labels("pending").inc()
+        app[_ACKNOWLEDGED].inc()
+        status = 201 if result.created else 200
+        if item is not None:
+            return _json_bytes(item, status, headers)
+        return _json(result.body, status, headers)
+    app[_PENDING].inc()
+    if item is not None:
+        return _json_bytes(b'{"delivery":"pending","item":' + item + b"}", 202, headers)
     return _json({"delivery": "pending", "item": result.body}, 202, headers)
 
 
@@ -342,6 +361,39 @@ async def delete_item(request: web.Request) -> web.Response:
     return await _answer_write(request, result)
 
 
+async def bulk(request: web.Request) -> web.Response:
+    """``POST .../bulk``: 200 once Kafka acknowledged every record, 202 if still pending."""
+    env = request.match_info["env"]
+    actor = _principal(request, "write", env)
+    dry_run = _bool_query(request, "dryRun")
+    app = request.app
+    limit = app[_SETTINGS].max_bulk_body_bytes
+    try:
+        body = await _json_body(request.clone(client_max_size=limit))
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise ApiError(
+            413,
+            f"bulk request body too large (limit {limit} bytes, "
+            "FLAGSTREAM_PUBLISHER_MAX_BULK_BODY_BYTES); split it into several requests",
+        ) from exc
+    result = await app[PUBLISHER].bulk(
+        env,
+        body,
+        actor=actor,
+        comment_header=request.headers.get("X-Change-Comment"),
+        dry_run=dry_run,
+    )
+    if result.last_entry_id is None:
+        return _json(result.body)
+    forwarder = app[FORWARDER]
+    forwarder.kick()
+    if await forwarder.wait_delivered(result.last_entry_id, app[_SETTINGS].ack_timeout):
+        app[_ACKNOWLEDGED].inc()
+        return _json(result.body)
+    app[_PENDING].inc()
+    return _json({**result.body, "delivery": "pending"}, 202)
+
+
 async def audit(request: web.Request) -> web.Response:
     env = request.match_info["env"]
     _principal(request, "read", env)
@@ -374,6 +426,7 @@ async def list_tokens(request: web.Request) -> web.Response:
 async def delete_token(request: web.Request) -> web.Response:
     actor = _principal(request, "admin")
     await request.app[PUBLISHER].delete_token(request.match_info["id"])
+    request.app[_PRINCIPALS].revoke(request.match_info["id"])
     _log.info("token id %s revoked by %s", request.match_info["id"], actor.name)
     return web.Response(status=204)
 
@@ -396,6 +449,7 @@ ROUTES: tuple[tuple[Method, str, Handler], ...] = (
     ("PATCH", "/api/v1/environments/{env}/{kinds:flags|segments}/{key}", patch_item),
     ("DELETE", "/api/v1/environments/{env}/{kinds:flags|segments}/{key}", delete_item),
     ("GET", "/api/v1/environments/{env}/audit", audit),
+    ("POST", "/api/v1/environments/{env}/bulk", bulk),
     ("POST", "/api/v1/tokens", create_token),
     ("GET", "/api/v1/tokens", list_tokens),
     ("DELETE", "/api/v1/tokens/{id}", delete_token),
@@ -412,7 +466,14 @@ def build_app(settings: PublisherSettings, store: Store, log: RecordLog) -> web.
     metrics_ = PublisherMetrics()
     app[_SETTINGS] = settings
     app[METRICS] = metrics_
-    app[PUBLISHER] = Publisher(store, max_record_bytes=settings.max_record_bytes)
+    app[_ACKNOWLEDGED] = metrics_.writes.labels("acknowledged")
+    app[_PENDING] = metrics_.writes.labels("pending")
+    app[PUBLISHER] = Publisher(
+        store,
+        max_record_bytes=settings.max_record_bytes,
+        group_commit_max=settings.group_commit_max,
+    )
+    app[_PRINCIPALS] = PrincipalCache(settings.token_cache_ttl)
     app[FORWARDER] = Forwarder(
         store,
         log,

@@ -11,6 +11,9 @@ Rules:
   tokens). A token is limited to a list of environments or valid for all (``"*"``); an
   ``admin`` token is always valid for all.
 - A token's *name* (never its secret) is what the audit log records as the actor.
+- A token found in the store may be remembered by the app for a bounded time
+  (``publisher.tokencache``): a revocation takes effect at once on the instance that revoked
+  the token and within ``FLAGSTREAM_PUBLISHER_TOKEN_CACHE_TTL`` on the others.
 """
 
 from __future__ import annotations

@@ -129,6 +129,27 @@ class PublisherSettings(BaseSettings):
 
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
 
+    # --- write path (issue 18) -----------------------------------------------------------
+    token_cache_ttl: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="seconds an API token's principal is remembered: a token revoked on "
+        "another instance stops working here within this time (0 = ask Redis every request)",
+    )
+    max_bulk_body_bytes: int = Field(
+        default=16 * MIB,
+        ge=1024,
+        le=256 * MIB,
+        description="larger bodies of POST .../bulk (up to 1,000 items) get 413",
+    )
+    group_commit_max: int = Field(
+        default=256,
+        ge=1,
+        le=1000,
+        description="most item writes committed together in one Redis script (group commit)",
+    )
+
     @field_validator("topic")
     @classmethod
     def _topic_name(cls, v: str) -> str:

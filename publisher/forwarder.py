@@ -11,10 +11,10 @@ Rules:
   in that order (``RecordLog`` keeps the order of started sends per partition), so each
   environment's records reach Kafka in commit order.
 - **Removal only after acknowledgement.** After a batch, the longest acknowledged *prefix* is
-  removed. If a send failed, everything from the first failure on is sent again after a
-  backoff, in order, even records after it that were acknowledged: the log then ends with the
-  right order for every item, at the cost of duplicates (at-least-once; relays and SDKs ignore
-  a version they already hold).
+  removed, then its writers are told. If a send failed, everything from the first failure on
+  is sent again after a backoff, in order, even records after it that were acknowledged: the
+  log then ends with the right order for every item, at the cost of duplicates
+  (at-least-once; relays and SDKs ignore a version they already hold).
 - **Kafka down.** Sends fail or time out; the forwarder keeps retrying with exponential backoff
   (capped), never skipping, never reordering. Redis down: same, the lease is re-acquired after.
 - **A topic the log created is filled first.** When the record log (re)creates the topic (at
@@ -23,9 +23,20 @@ Rules:
   to the store's state. Until that succeeded it is retried before any other step.
 - **Configuration errors** (``TopicConfigError``: e.g. more replicas than brokers) are logged
   as errors naming the setting to change; retrying continues at the capped backoff.
+- **One batch, one send.** A batch is handed to the record log as one ``send_records`` call
+  (``BatchRecordLog.send_batch`` when the log has it): one lock acquisition, the records
+  enqueued in outbox order, one outcome per record. A batch is therefore the natural unit of
+  a Kafka transaction. Group-committed writes are adjacent in the outbox, so the records of
+  one group usually travel in one batch.
+- **Notification, not polling.** A commit on this instance kicks the forwarder at once; a
+  batch that emptied the outbox is not followed by a re-read until the next kick (or the
+  ``idle_poll`` fallback, which picks up entries committed by other instances). When a batch
+  is acknowledged, the waiting writers of its entries are woken directly (their future is
+  resolved; no task, no timer per write).
 - **Waiting writers.** ``wait_delivered(entry_id)`` resolves when the entry left the outbox,
-  by a local notification (this instance forwarded it) or by polling the store (another
-  instance did).
+  by that local notification (this instance forwarded it) or by polling the store (another
+  instance did: every ``waiter_poll`` on a non-leader, every ten on the leader, which only
+  needs it if it lost the lease mid-wait).
 """
 
 from __future__ import annotations
@@ -36,7 +47,7 @@ import logging
 import time
 import uuid
 
-from publisher.log import RecordLog, TopicConfigError, TopicCreationAware
+from publisher.log import RecordLog, TopicConfigError, TopicCreationAware, send_records
 from publisher.metrics import PublisherMetrics
 from publisher.republish import republish_state
 from publisher.store import OutboxEntry, Store, StoreUnavailable
@@ -76,9 +87,12 @@ class Forwarder:
         self._waiter_poll = waiter_poll
         self._stall_after = stall_after
         self._depth_at = 0.0  # monotonic time of the last outbox depth update
-        self._kick = asyncio.Event()
+        self._kicked = False  # a kick arrived since the last outbox read
+        self._kick_waiter: asyncio.Future[bool] | None = None
         self._stopping = asyncio.Event()
-        self._waiters: dict[str, asyncio.Future[None]] = {}
+        # entry id -> future: True once delivered, False when the waiter's poll timer fired
+        self._waiters: dict[str, asyncio.Future[bool]] = {}
+        self._drained = False  # the last batch emptied the outbox: wait for a kick
         self._fence: int | None = None
         self._renewed_at = 0.0  # monotonic time of the last successful lease renewal
         self._log_started = False
@@ -96,7 +110,7 @@ class Forwarder:
 
     async def stop(self) -> None:
         self._stopping.set()
-        self._kick.set()
+        self.kick()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -119,16 +133,16 @@ class Forwarder:
 
     def kick(self) -> None:
         """A new entry was committed: look at the outbox now rather than at the next poll."""
-        self._kick.set()
+        self._drained = False
+        self._kicked = True
+        if self._kick_waiter is not None:
+            _resolve(self._kick_waiter, True)
 
     # -- waiting writers ---------------------------------------------------------------
     async def wait_delivered(self, entry_id: str, within: float) -> bool:
         """True once ``entry_id`` was acknowledged by the log, False after ``within`` seconds."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
-        future = self._waiters.get(entry_id)
-        if future is None:
-            future = self._waiters[entry_id] = loop.create_future()
         try:
             while True:
                 remaining = deadline - loop.time()
@@ -137,25 +151,30 @@ class Forwarder:
                 # The leader notifies its own waiters; polling the store is the fallback for
                 # entries another instance forwards (or a leadership change mid-wait).
                 poll = self._waiter_poll * (10 if self.is_leader else 1)
+                future: asyncio.Future[bool] = loop.create_future()
+                self._waiters[entry_id] = future
+                timer = loop.call_later(min(remaining, poll), _resolve, future, False)
                 try:
-                    await asyncio.wait_for(asyncio.shield(future), min(remaining, poll))
-                    return True
-                except TimeoutError:
-                    pass
+                    if await future:
+                        return True
+                finally:
+                    timer.cancel()
                 try:
                     if not await self._store.outbox_contains(entry_id):
                         return True  # another instance forwarded it (or we did, just now)
                 except StoreUnavailable:
                     pass  # cannot tell; keep waiting for a local notification
         finally:
-            if self._waiters.get(entry_id) is future:
-                del self._waiters[entry_id]
+            self._waiters.pop(entry_id, None)
 
     def _notify(self, entries: list[OutboxEntry]) -> None:
+        waiters = self._waiters
+        if not waiters:
+            return
         for entry in entries:
-            future = self._waiters.get(entry.id)
-            if future is not None and not future.done():
-                future.set_result(None)
+            future = waiters.get(entry.id)
+            if future is not None:
+                _resolve(future, True)
 
     # -- lease -------------------------------------------------------------------------
     def _lease_fresh(self) -> bool:
@@ -174,7 +193,7 @@ class Forwarder:
             if fence is not None:
                 if fence != self._fence:
                     _log.info("forwarder lease acquired (term %d) by %s", fence, self.owner)
-                    self._kick.set()
+                    self.kick()
                 self._fence = fence
                 self._renewed_at = time.monotonic()
             elif self._fence is not None:
@@ -194,7 +213,7 @@ class Forwarder:
             try:
                 progressed = await self._step()
                 backoff = self._backoff_initial
-                if not progressed:
+                if not progressed or self._drained:
                     await self._wait_kick(self._idle_poll)
             except asyncio.CancelledError:
                 raise
@@ -220,9 +239,18 @@ class Forwarder:
             backoff = min(backoff * 2, self._backoff_max)
 
     async def _wait_kick(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._kick.wait(), seconds)
-        self._kick.clear()
+        """Until the next kick, at most ``seconds`` (the idle poll); no task, one timer."""
+        if not self._kicked:
+            loop = asyncio.get_running_loop()
+            self._kick_waiter = woken = loop.create_future()
+            timer = loop.call_later(seconds, _resolve, woken, False)
+            try:
+                await woken
+            finally:
+                timer.cancel()
+                self._kick_waiter = None
+        self._kicked = False
+        self._drained = False
 
     async def _send_all(self, entries: list[OutboxEntry]) -> list[object]:
         """Send a batch in order; count a Kafka error for every ``stall_after`` without an ack.
@@ -230,9 +258,8 @@ class Forwarder:
         The producer retries on its own while the broker is away, so a send may neither
         succeed nor fail for a long time: that stall is what operators need to see.
         """
-        batch = asyncio.gather(
-            *(self._log.send(e.record.env, e.record.key, e.record.value) for e in entries),
-            return_exceptions=True,
+        batch = asyncio.ensure_future(
+            send_records(self._log, [(e.record.env, e.record.key, e.record.value) for e in entries])
         )
         while True:
             done, _ = await asyncio.wait({batch}, timeout=self._stall_after)
@@ -266,7 +293,7 @@ class Forwarder:
         if self._republish_pending:
             await republish_state(self._store)
             self._republish_pending = False
-        self._kick.clear()
+        self._kicked = False  # a commit from now on kicks again: it may miss this read
         entries = await self._store.outbox_read(self._batch)
         if not entries:
             self._metrics.outbox_depth.set(0)
@@ -284,12 +311,15 @@ class Forwarder:
             acked.append(entry)
         if acked:
             now_ms = time.time() * 1000
+            # Removed first, then their writers answered: a 200/201 also means the record has
+            # left the outbox (what operators and tests see in the outbox depth).
             await self._store.outbox_remove([e.id for e in acked], owner=self.owner, fence=fence)
-            for entry in acked:
-                self._metrics.forward_latency.observe(max(0.0, (now_ms - entry.enqueued_ms) / 1000))
-            self._metrics.records_forwarded.inc(len(acked))
             self._notify(acked)
             self.kafka_ok = True
+            observe = self._metrics.forward_latency.observe
+            for entry in acked:
+                observe(max(0.0, (now_ms - entry.enqueued_ms) / 1000))
+            self._metrics.records_forwarded.inc(len(acked))
         now = time.monotonic()
         if failure is not None or now - self._depth_at > 0.5:
             # one XLEN per half second is plenty for a gauge, and keeps the hot path short
@@ -297,4 +327,12 @@ class Forwarder:
             self._metrics.outbox_depth.set(await self._store.outbox_depth())
         if failure is not None:
             raise failure
+        # A short batch emptied the outbox (as far as this instance can tell): wait for the
+        # next kick instead of reading an empty outbox again.
+        self._drained = len(entries) < self._batch and not self._kicked
         return True
+
+
+def _resolve(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)

@@ -12,6 +12,10 @@ Guarantees a ``RecordLog`` gives the forwarder:
   its internal retries and never duplicates a record it retried itself.
 - **Partitioning.** The partition is ``protocol.keys.partition_for(partition_env, partitions())``,
   set explicitly on every record: every record of one environment lands in one partition.
+- **Batches.** A log may also implement ``BatchRecordLog.send_batch``: the records of one
+  forwarder batch, enqueued in order in one step, with one outcome per record. One batch is
+  the unit a transactional producer would commit as one transaction (begin before the first
+  record, commit after the last); the outcomes then become all-or-nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from aiokafka import AIOKafkaProducer
@@ -30,12 +35,14 @@ from flagstream.logs import rate_limit
 from protocol.keys import partition_for
 
 __all__ = [
+    "BatchRecordLog",
     "KafkaRecordLog",
     "RecordLog",
     "TopicConfigError",
     "TopicCreationAware",
     "check_topic_config",
     "ensure_topic",
+    "send_records",
 ]
 
 _log = logging.getLogger("flagstream.publisher.log")
@@ -77,6 +84,30 @@ class RecordLog(Protocol):
 
     async def send(self, partition_env: str, key: bytes, value: bytes) -> None:
         """Append one record to ``partition_env``'s partition; return once durably acknowledged."""
+
+
+@runtime_checkable
+class BatchRecordLog(Protocol):
+    """A ``RecordLog`` that sends a whole batch in one call (see the module docstring)."""
+
+    async def send_batch(self, records: Sequence[tuple[str, bytes, bytes]]) -> list[object]:
+        """Send ``(partition_env, key, value)`` records in order; wait for every outcome.
+
+        Returns one entry per record, in order: None once durably acknowledged, else the
+        exception of its failure (the record may or may not have been written). Never raises
+        for a record's failure.
+        """
+
+
+async def send_records(log: RecordLog, records: Sequence[tuple[str, bytes, bytes]]) -> list[object]:
+    """``log.send_batch(records)`` if the log has it, else one ``send`` per record, pipelined."""
+    if isinstance(log, BatchRecordLog):
+        return await log.send_batch(records)
+    return list(
+        await asyncio.gather(
+            *(log.send(env, key, value) for env, key, value in records), return_exceptions=True
+        )
+    )
 
 
 @runtime_checkable
@@ -190,7 +221,9 @@ class KafkaRecordLog:
         replication_factor: int = 1,
         request_timeout_ms: int = 10_000,
         max_request_size: int = 2 * 1024 * 1024,
-        linger_ms: int = 2,
+        # The forwarder hands over a whole batch in one event-loop turn, so the producer has
+        # nothing to wait for: lingering would only add its time to every write's latency.
+        linger_ms: int = 0,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
@@ -260,18 +293,7 @@ class KafkaRecordLog:
 
     async def send(self, partition_env: str, key: bytes, value: bytes) -> None:
         async with self._enqueue:
-            if self._producer is None or self._broken:
-                # Fail fast after a failed reconnect: the other sends of the same batch must
-                # not each wait a full connect timeout (the forwarder backs off and retries).
-                if time.monotonic() - self._restart_failed_at < _RECONNECT_COOLDOWN:
-                    raise KafkaConnectionError("Kafka is unreachable (reconnect failed)")
-                try:
-                    await self._restart()
-                except Exception:
-                    self._restart_failed_at = time.monotonic()
-                    raise
-            producer = self._producer
-            assert producer is not None
+            producer = await self._usable_producer()
             partition = partition_for(partition_env, await self.partitions())
             try:
                 future = await producer.send(self.topic, value=value, key=key, partition=partition)
@@ -284,6 +306,54 @@ class KafkaRecordLog:
             if producer is self._producer:
                 self._broken = True
             raise
+
+    async def send_batch(self, records: Sequence[tuple[str, bytes, bytes]]) -> list[object]:
+        """Enqueue every record under the FIFO lock (one acquisition, in order), then wait."""
+        results: list[object] = [None] * len(records)
+        futures: list[tuple[int, asyncio.Future[Any]]] = []
+        async with self._enqueue:
+            producer = None
+            for i, (env, key, value) in enumerate(records):
+                if producer is None:
+                    try:
+                        producer = await self._usable_producer()
+                        count = await self.partitions()
+                    except Exception as exc:
+                        results[i:] = [exc] * (len(records) - i)
+                        break
+                try:
+                    future = await producer.send(
+                        self.topic, value=value, key=key, partition=partition_for(env, count)
+                    )
+                except Exception as exc:
+                    self._broken = True
+                    # Later records must not overtake this one: fail them too (sent again).
+                    results[i:] = [exc] * (len(records) - i)
+                    break
+                futures.append((i, future))
+        for i, future in futures:
+            try:
+                await future
+            except Exception as exc:
+                results[i] = exc
+                if producer is self._producer:
+                    self._broken = True
+        return results
+
+    async def _usable_producer(self) -> AIOKafkaProducer:
+        """The producer, restarted first if the last send broke it (call under the lock)."""
+        if self._producer is None or self._broken:
+            # Fail fast after a failed reconnect: the other sends of the same batch must
+            # not each wait a full connect timeout (the forwarder backs off and retries).
+            if time.monotonic() - self._restart_failed_at < _RECONNECT_COOLDOWN:
+                raise KafkaConnectionError("Kafka is unreachable (reconnect failed)")
+            try:
+                await self._restart()
+            except Exception:
+                self._restart_failed_at = time.monotonic()
+                raise
+        assert self._producer is not None
+        return self._producer
 
     async def _restart(self) -> None:
         old, self._producer = self._producer, None

@@ -16,11 +16,13 @@ from protocol.environment import EnvironmentRecord
 from publisher.store import (
     EnvironmentExists,
     ItemKind,
+    ItemWrite,
     KafkaRecord,
     OutboxEntry,
     TokenRecord,
     UnknownEnvironment,
     VersionConflict,
+    WriteOutcome,
 )
 
 __all__ = ["MemoryStore"]
@@ -101,6 +103,41 @@ class MemoryStore:
             raise VersionConflict(current)
         items[key] = (version, item)
         return self._append(env, outbox, audit, now_ms)
+
+    async def write_items(
+        self, writes: Sequence[ItemWrite], *, atomic: bool, now_ms: int
+    ) -> list[WriteOutcome]:
+        # Check pass: each write against the state the writes before it would leave.
+        pending: dict[tuple[str, str, str], int] = {}
+        failures: list[VersionConflict | UnknownEnvironment | None] = []
+        for w in writes:
+            failure = self._check(w, pending)
+            failures.append(failure)
+            if failure is None:
+                pending[(w.env, w.kind, w.key)] = w.version
+        if atomic and any(f is not None for f in failures):
+            return ["" if f is None else f for f in failures]
+        outcomes: list[WriteOutcome] = []
+        for w, failed in zip(writes, failures, strict=True):
+            if failed is not None:
+                outcomes.append(failed)
+                continue
+            self._items.setdefault((w.env, w.kind), {})[w.key] = (w.version, w.item)
+            outcomes.append(self._append(w.env, w.outbox, w.audit, now_ms))
+        return outcomes
+
+    def _check(
+        self, w: ItemWrite, pending: dict[tuple[str, str, str], int]
+    ) -> VersionConflict | UnknownEnvironment | None:
+        if w.env not in self._envs:
+            return UnknownEnvironment(w.env)
+        current = pending.get((w.env, w.kind, w.key))
+        if current is None:
+            found = self._items.get((w.env, w.kind), {}).get(w.key)
+            current = found[0] if found is not None else 0
+        if current != w.expected_version or w.version != w.expected_version + 1:
+            return VersionConflict(current)
+        return None
 
     def _enqueue(self, record: KafkaRecord, now_ms: int) -> str:
         self._outbox_seq += 1

@@ -177,6 +177,43 @@ _SPEC: Final[dict[str, Any]] = {
                 responses=_WRITE_RESPONSES,
             ),
         },
+        "/api/v1/environments/{env}/bulk": {
+            "post": _op(
+                "Up to 1,000 operations on flags and segments, applied atomically (all or "
+                'nothing): body {"operations": [{"op": "put"|"patch"|"delete", "kind": '
+                '"flag"|"segment", "key", "value"?, "ifMatch"?}], "comment"?, '
+                '"skipUnchanged"?}. Every operation is validated first; a refusal lists every '
+                "failing operation in `errors` (index, status, detail, currentVersion) and "
+                "writes nothing. One audit entry per item with a shared requestId.",
+                params=[
+                    _ENV,
+                    _COMMENT,
+                    {
+                        "name": "dryRun",
+                        "in": "query",
+                        "required": False,
+                        "description": "true: validate and report, write nothing",
+                        "schema": {"type": "boolean"},
+                    },
+                ],
+                body=True,
+                responses={
+                    "200": {
+                        "description": "Applied and acknowledged by Kafka (or a dry run): "
+                        "{requestId, dryRun, written, unchanged, results: [{index, op, kind, "
+                        "key, version, created?, unchanged?}]}"
+                    },
+                    "202": {
+                        "description": "Applied in Redis, Kafka has not acknowledged yet "
+                        '(the same body with "delivery": "pending")'
+                    },
+                    **{
+                        code: _PROBLEM
+                        for code in ("400", "401", "403", "404", "409", "412", "413", "422", "503")
+                    },
+                },
+            )
+        },
         "/api/v1/environments/{env}/audit": {
             "get": _op(
                 "Audit log, newest first: who, when, what (before/after), comment",

@@ -39,12 +39,14 @@ from protocol.environment import EnvironmentRecord
 from publisher.store import (
     EnvironmentExists,
     ItemKind,
+    ItemWrite,
     KafkaRecord,
     OutboxEntry,
     StoreUnavailable,
     TokenRecord,
     UnknownEnvironment,
     VersionConflict,
+    WriteOutcome,
 )
 
 __all__ = ["RedisStore"]
@@ -52,9 +54,46 @@ __all__ = ["RedisStore"]
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
-# Both writes share one frame: the same first three KEYS and six ARGV, an idempotence check
-# first (a retried call whose first attempt landed returns that attempt's outbox id) and, last,
-# the atomic append of the outbox entry and audit line with the write-id marker.
+# The Lua of every write is built from named fragments, so that every script that writes an
+# item (a single write, a group commit, a bulk request, and scripts of later features that
+# must do "the same as a write") checks and appends exactly the same way:
+#
+# - _LUA_CHECK_ITEM   check_item(envs, versions, env, key, version, expected, pending) -> nil
+#                     or a failure string: 'noenv' | 'conflict:<current version>'. ``pending``
+#                     maps versions..'\n'..key to versions written earlier in the same script.
+# - _LUA_STORE_ITEM   store_item(items, versions, key, item, version)
+# - _LUA_APPEND       append_records(outbox, audit, env, rkey, rvalue, now, entry, audit_max)
+#                     -> the outbox id: XADD the Kafka record, LPUSH + LTRIM the audit entry.
+_LUA_CHECK_ITEM = """
+local function check_item(envs, versions, env, key, version, expected, pending)
+  if redis.call('HEXISTS', envs, env) == 0 then return 'noenv' end
+  local cur = pending[versions .. '\\n' .. key]
+  if cur == nil then cur = tonumber(redis.call('HGET', versions, key) or '0') end
+  if cur ~= expected or version ~= cur + 1 then return 'conflict:' .. tostring(cur) end
+  return nil
+end
+"""
+
+_LUA_STORE_ITEM = """
+local function store_item(items, versions, key, item, version)
+  redis.call('HSET', items, key, item)
+  redis.call('HSET', versions, key, version)
+end
+"""
+
+_LUA_APPEND = """
+local function append_records(outbox, audit, env, rkey, rvalue, now, entry, audit_max)
+  local id = redis.call('XADD', outbox, '*', 'env', env, 'k', rkey, 'v', rvalue, 't', now)
+  redis.call('LPUSH', audit, entry)
+  redis.call('LTRIM', audit, 0, audit_max - 1)
+  return id
+end
+"""
+
+_LUA_FRAGMENTS = _LUA_CHECK_ITEM + _LUA_STORE_ITEM + _LUA_APPEND
+
+# The single writes share one frame: the same first three KEYS and six ARGV, an idempotence
+# check first (a retried call whose first attempt landed returns that attempt's outbox id).
 # KEYS: outbox, audit, write-id marker, <write's own keys...>
 # ARGV: env, rkey, rvalue, now_ms, audit, audit_max, <write's own args...>
 _WRITE_HEAD = """
@@ -63,41 +102,83 @@ if done then return {'ok', done} end
 """
 
 _WRITE_TAIL = """
-local id = redis.call('XADD', KEYS[1], '*', 'env', ARGV[1], 'k', ARGV[2], 'v', ARGV[3],
-                      't', ARGV[4])
-redis.call('LPUSH', KEYS[2], ARGV[5])
-redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[6]) - 1)
+local id = append_records(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5],
+                          tonumber(ARGV[6]))
 redis.call('SET', KEYS[3], id, 'PX', 600000)
 return {'ok', id}
 """
 
 _WRITE_ITEM = (
     _WRITE_HEAD
+    + _LUA_FRAGMENTS
     + """
 -- own KEYS: envs, items, versions; own ARGV: key, item, version, expected
-if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 0 then return {'noenv'} end
-local cur = tonumber(redis.call('HGET', KEYS[6], ARGV[7]) or '0')
-if cur ~= tonumber(ARGV[10]) or tonumber(ARGV[9]) ~= cur + 1 then
-  return {'conflict', tostring(cur)}
-end
-redis.call('HSET', KEYS[5], ARGV[7], ARGV[8])
-redis.call('HSET', KEYS[6], ARGV[7], ARGV[9])
+local failure = check_item(KEYS[4], KEYS[6], ARGV[1], ARGV[7], tonumber(ARGV[9]),
+                           tonumber(ARGV[10]), {})
+if failure then return {failure} end
+store_item(KEYS[5], KEYS[6], ARGV[7], ARGV[8], ARGV[9])
 """
     + _WRITE_TAIL
 )
 
 _WRITE_ENV = (
     _WRITE_HEAD
+    + _LUA_FRAGMENTS
     + """
 -- own KEYS: envs, env_versions; own ARGV: record, version, expected
 local expected = tonumber(ARGV[9])
 if expected == 0 and redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1 then return {'exists'} end
 local cur = tonumber(redis.call('HGET', KEYS[5], ARGV[1]) or '0')
-if cur ~= expected or tonumber(ARGV[8]) ~= cur + 1 then return {'conflict', tostring(cur)} end
+if cur ~= expected or tonumber(ARGV[8]) ~= cur + 1 then return {'conflict:' .. tostring(cur)} end
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[7])
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[8])
 """
     + _WRITE_TAIL
+)
+
+# Many item writes in one script (group commit: atomic=0; bulk: atomic=1), see
+# Store.write_items. Returns one string per write: its outbox id, 'noenv' or 'conflict:<n>'
+# ('' for a write not applied because another write of an atomic call failed).
+# KEYS: outbox, write-id marker, envs, then per write: items, versions, audit
+# ARGV: now_ms, audit_max, atomic (0|1), n, then per write:
+#       env, key, item, version, expected, rkey, rvalue, audit entry
+_WRITE_ITEMS = (
+    _LUA_FRAGMENTS
+    + """
+local done = redis.call('GET', KEYS[2])
+if done then return cjson.decode(done) end
+local now, audit_max = ARGV[1], tonumber(ARGV[2])
+local atomic, n = ARGV[3] == '1', tonumber(ARGV[4])
+local pending, fails, failed = {}, {}, false
+for i = 1, n do
+  local k, a = 3 * i, 4 + 8 * (i - 1)
+  local version = tonumber(ARGV[a + 4])
+  local failure = check_item(KEYS[3], KEYS[k + 2], ARGV[a + 1], ARGV[a + 2], version,
+                             tonumber(ARGV[a + 5]), pending)
+  if failure then
+    fails[i], failed = failure, true
+  else
+    pending[KEYS[k + 2] .. '\\n' .. ARGV[a + 2]] = version
+  end
+end
+local out = {}
+if atomic and failed then
+  for i = 1, n do out[i] = fails[i] or '' end
+  return out
+end
+for i = 1, n do
+  if fails[i] then
+    out[i] = fails[i]
+  else
+    local k, a = 3 * i, 4 + 8 * (i - 1)
+    store_item(KEYS[k + 1], KEYS[k + 2], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4])
+    out[i] = append_records(KEYS[1], KEYS[k + 3], ARGV[a + 1], ARGV[a + 6], ARGV[a + 7], now,
+                            ARGV[a + 8], audit_max)
+  end
+end
+redis.call('SET', KEYS[2], cjson.encode(out), 'PX', 600000)
+return out
+"""
 )
 
 _ACQUIRE_LEASE = """
@@ -162,6 +243,15 @@ def _unavailable(
     return wrapper
 
 
+def _failure(status: str, env: str) -> VersionConflict | UnknownEnvironment | None:
+    """The failure a script reported for one write ('noenv', 'conflict:<n>'), else None."""
+    if status == "noenv":
+        return UnknownEnvironment(env)
+    if status.startswith("conflict:"):
+        return VersionConflict(int(status[9:]))
+    return None
+
+
 def _token_to_json(t: TokenRecord) -> bytes:
     return json.dumps(
         {
@@ -214,6 +304,7 @@ class RedisStore:
         )
         self._write_item = self._r.register_script(_WRITE_ITEM)
         self._write_env = self._r.register_script(_WRITE_ENV)
+        self._write_items = self._r.register_script(_WRITE_ITEMS)
         self._acquire = self._r.register_script(_ACQUIRE_LEASE)
         self._release = self._r.register_script(_RELEASE_LEASE)
         self._remove = self._r.register_script(_OUTBOX_REMOVE)
@@ -329,13 +420,44 @@ class RedisStore:
         status = result[0].decode()
         if status == "ok":
             return cast(str, result[1].decode())
-        if status == "conflict":
-            raise VersionConflict(int(result[1]))
-        if status == "noenv":
-            raise UnknownEnvironment(env)
         if status == "exists":
             raise EnvironmentExists(env)
-        raise RuntimeError(f"unexpected script result {status!r}")  # pragma: no cover
+        failure = _failure(status, env)
+        if failure is None:  # pragma: no cover - the scripts answer nothing else
+            raise RuntimeError(f"unexpected script result {status!r}")
+        raise failure
+
+    @_unavailable
+    async def write_items(
+        self, writes: Sequence[ItemWrite], *, atomic: bool, now_ms: int
+    ) -> list[WriteOutcome]:
+        if not writes:
+            return []
+        keys: list[str] = [self._k("outbox"), self._write_marker(), self._k("envs")]
+        args: list[str | bytes | int] = [now_ms, self._audit_max, int(atomic), len(writes)]
+        for w in writes:
+            keys += [
+                self._items(w.env, w.kind),
+                self._k("versions", w.env, w.kind),
+                self._audit(w.env),
+            ]
+            args += [
+                w.env,
+                w.key,
+                w.item,
+                w.version,
+                w.expected_version,
+                w.outbox.key,
+                w.outbox.value,
+                w.audit,
+            ]
+        raw = await self._write_items(keys=keys, args=args)
+        outcomes: list[WriteOutcome] = []
+        for w, value in zip(writes, raw, strict=True):
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            failure = _failure(text, w.env)
+            outcomes.append(text if failure is None else failure)
+        return outcomes
 
     # -- audit -------------------------------------------------------------------------
     @_unavailable

@@ -12,6 +12,18 @@ Rules of a write (flags, segments, environments):
    nothing: with ``If-Match`` that is a 412; without, the write is rebuilt on the new state
    and retried (a bounded number of times).
 
+How the hot path avoids work without weakening any of that:
+
+- Writes of one item on this instance take turns (``keylocks``), so they do not race each
+  other into conflicts; writes of different items run concurrently.
+- The current state is taken from what this instance committed last (``recent``) when it
+  has it, else read from the store; the compare-and-set in step 3 still decides, and a 412
+  or 404 is only answered from the store's state.
+- Item writes are committed through ``groupcommit``: writes that arrive together share one
+  store call (one Lua script), each with its own compare-and-set and its own outcome.
+- The item is encoded to JSON once; the stored value, the Kafka envelope, the audit entry
+  and the HTTP answer all reuse those bytes.
+
 Deletes store a tombstone with a new version, so a later PUT continues the version sequence.
 """
 
@@ -37,31 +49,46 @@ from protocol.errors import ValidationError
 from protocol.keys import Kind, validate_key
 from protocol.model import encode_item, make_tombstone, validate_flag, validate_segment
 from publisher.auth import SCOPES, Principal, new_token_secret, token_sha256
+from publisher.bulk import BulkOperation, OperationError, bulk_error, parse_bulk
 from publisher.client_settings import (
     CLIENT_SETTINGS_FIELDS,
     apply_client_settings,
     client_settings_view,
 )
+from publisher.groupcommit import GroupCommitter
+from publisher.keylocks import KeyLocks
 from publisher.mergepatch import apply_merge_patch
 from publisher.problems import ApiError
+from publisher.recent import RecentItem, RecentItems
 from publisher.store import (
     EnvironmentExists,
     ItemKind,
+    ItemWrite,
     KafkaRecord,
     Store,
     TokenRecord,
     UnknownEnvironment,
     VersionConflict,
+    audit_entry,
     outbox_record,
 )
 
-__all__ = ["IfMatch", "Publisher", "WriteResult", "env_view", "parse_if_match"]
+__all__ = [
+    "BulkResult",
+    "IfMatch",
+    "Publisher",
+    "WriteResult",
+    "env_view",
+    "parse_if_match",
+]
 
 _MAX_ATTEMPTS: Final = 8
 _COMMENT_MAX: Final = 2000
 _NAME_MAX: Final = 256
 _MAX_EXPIRY_SECONDS: Final = 366 * 24 * 3600
 _AUDIT_LIMIT_MAX: Final = 1000
+
+_Ident = tuple[str, ItemKind, str]  # (env, kind, key)
 
 # An If-Match header: None (absent), "*" (must exist), or a version (0 = must not exist).
 IfMatch = int | str | None
@@ -74,11 +101,41 @@ _VALIDATORS: Final[dict[str, Callable[[object], dict[str, Any]]]] = {
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
-    """A committed write: the body to answer with and the outbox entry to wait for."""
+    """A committed write: the body to answer with and the outbox entry to wait for.
+
+    ``encoded`` is ``body`` as JSON when the caller already has it (the stored item), so the
+    answer need not encode it again.
+    """
 
     body: dict[str, Any]
     entry_id: str
     created: bool
+    encoded: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BulkResult:
+    """A bulk request's answer body, and the last outbox entry to wait for (None: nothing
+    was written, e.g. a dry run or only unchanged items)."""
+
+    body: dict[str, Any]
+    last_entry_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """A bulk operation checked against the current state: what to write (``item`` None =
+    unchanged, nothing to write) and the result line to report."""
+
+    op: BulkOperation
+    result: dict[str, Any]
+    item: dict[str, Any] | None = None
+    encoded: bytes = b""
+    version: int = 0  # the new version
+    before: bytes | None = None  # the live item's stored JSON (for the audit entry)
+
+
+_BULK_POINT_READS = 32  # up to this many operations read their items one by one
 
 
 def parse_if_match(header: str | None) -> IfMatch:
@@ -96,6 +153,14 @@ def parse_if_match(header: str | None) -> IfMatch:
     return int(value)
 
 
+def _if_match_holds(if_match: IfMatch, current: int, exists: bool) -> bool:
+    if if_match is None:
+        return True
+    if if_match == "*":
+        return exists
+    return if_match == current
+
+
 def _check_if_match(if_match: IfMatch, current: int, exists: bool) -> None:
     if if_match is None:
         return
@@ -111,6 +176,27 @@ def _check_if_match(if_match: IfMatch, current: int, exists: bool) -> None:
             type_="stale-version",
             extra={"currentVersion": current},
         )
+
+
+def _check_patch(kind: str, key: str, patch: dict[str, Any]) -> None:
+    """A merge patch may not set the version, delete the item or change its key."""
+    patch.pop("version", None)
+    if patch.get("deleted") is True:
+        raise ApiError(422, f"deleted: use DELETE to delete a {kind}")
+    if "key" in patch and patch["key"] != key:
+        raise ApiError(422, "key: a patch cannot change an item's key")
+
+
+def _stale_error(op: BulkOperation, current: int) -> OperationError:
+    return OperationError(
+        op.index,
+        412,
+        f"ifMatch {op.if_match} but the current version is {current}",
+        op.op,
+        op.kind,
+        op.key,
+        current_version=current,
+    )
 
 
 def _comment(header: str | None, body: dict[str, Any] | None) -> str | None:
@@ -135,6 +221,10 @@ def _url_key(key: str, what: str) -> str:
         return validate_key(key, path=what)
     except ValidationError as exc:
         raise ApiError(400, str(exc), type_="invalid-key") from exc
+
+
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _now_ms() -> int:
@@ -172,9 +262,19 @@ def token_view(t: TokenRecord) -> dict[str, Any]:
 class Publisher:
     """Every API operation as a method; HTTP handlers only parse requests and shape responses."""
 
-    def __init__(self, store: Store, *, max_record_bytes: int = 1_000_000) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_record_bytes: int = 1_000_000,
+        group_commit_max: int = 256,
+        recent_items: int = 10_000,
+    ) -> None:
         self.store = store
         self._max_record = max_record_bytes
+        self.committer = GroupCommitter(store, max_writes=group_commit_max)
+        self._recent = RecentItems(recent_items)
+        self._locks = KeyLocks()
 
     # -- helpers -------------------------------------------------------------------------
     def _envelope(
@@ -198,36 +298,6 @@ class Publisher:
                 "message.max.bytes and FLAGSTREAM_PUBLISHER_MAX_RECORD_BYTES",
             )
         return record
-
-    @staticmethod
-    def _audit(
-        *,
-        actor: str,
-        action: str,
-        kind: str,
-        key: str,
-        version: int,
-        before: Any,
-        after: Any,
-        comment: str | None,
-        now_ms: int,
-    ) -> bytes:
-        return json.dumps(
-            {
-                "id": uuid.uuid4().hex,
-                "timeMs": now_ms,
-                "actor": actor,
-                "action": action,
-                "kind": kind,
-                "key": key,
-                "version": version,
-                "comment": comment,
-                "before": before,
-                "after": after,
-            },
-            separators=(",", ":"),
-            ensure_ascii=False,
-        ).encode()
 
     async def require_environment(self, env: str) -> EnvironmentRecord:
         _url_key(env, "environment")
@@ -258,14 +328,14 @@ class Publisher:
         items = [json.loads(raw) for raw in (await self.store.list_items(env, kind)).values()]
         return [i for i in items if include_deleted or not i.get("deleted")]
 
-    async def _current(
-        self, env: str, kind: ItemKind, key: str
-    ) -> tuple[dict[str, Any] | None, int]:
+    async def _stored(self, ident: _Ident) -> RecentItem | None:
+        """The store's current state of an item; None if it never existed."""
+        env, kind, key = ident
         raw = await self.store.get_item(env, kind, key)
         if raw is None:
-            return None, 0
+            return None
         item: dict[str, Any] = json.loads(raw)
-        return item, int(item["version"])
+        return RecentItem(int(item["version"]), raw, item)
 
     async def _commit_item(
         self,
@@ -281,13 +351,44 @@ class Publisher:
         action: str,
     ) -> WriteResult:
         """Read-build-commit loop (see module docstring); ``build`` gets the live current item."""
+        ident: _Ident = (env, kind, key)
+        await self._locks.acquire(ident)
+        try:
+            return await self._commit_item_locked(
+                ident, build, if_match, must_exist, actor, comment, action
+            )
+        finally:
+            self._locks.release(ident)
+
+    async def _commit_item_locked(
+        self,
+        ident: _Ident,
+        build: Callable[[dict[str, Any] | None], dict[str, Any]],
+        if_match: IfMatch,
+        must_exist: bool,
+        actor: str,
+        comment: str | None,
+        action: str,
+    ) -> WriteResult:
+        env, kind, key = ident
+        remembered = True
         for _ in range(_MAX_ATTEMPTS):
-            current, version = await self._current(env, kind, key)
+            current = self._recent.get(ident) if remembered else None
+            from_store, remembered = current is None, False
+            if current is None:
+                current = await self._stored(ident)
             if current is None:
                 # Only an absent item needs the environment checked here (for the right 404
                 # before If-Match); the commit script checks it again atomically anyway.
                 await self.require_environment(env)
-            live = current if current is not None and not current.get("deleted") else None
+            version = 0 if current is None else current.version
+            live = current.item if current is not None and not current.item.get("deleted") else None
+            if not from_store and (
+                not _if_match_holds(if_match, version, live is not None)
+                or (must_exist and live is None)
+            ):
+                self._recent.forget(ident)
+                continue  # a refusal is answered from the store's state only: read it
             _check_if_match(if_match, version, live is not None)
             if must_exist and live is None:
                 raise ApiError(404, f"{kind} {key!r} not found in {env!r}")
@@ -299,36 +400,30 @@ class Publisher:
             record = self._envelope(
                 kind, env, key, version + 1, actor, encoded, deleted=deleted, now_ms=now
             )
-            audit = self._audit(
+            audit = audit_entry(
                 actor=actor,
                 action=action,
                 kind=kind,
                 key=key,
                 version=version + 1,
-                before=live,
-                after=new_item,
+                before=None if current is None or live is None else current.raw,
+                after=encoded,
                 comment=comment,
                 now_ms=now,
             )
-            try:
-                entry_id = await self.store.write_item(
-                    env,
-                    kind,
-                    key,
-                    encoded,
-                    version=version + 1,
-                    expected_version=version,
-                    outbox=record,
-                    audit=audit,
-                    now_ms=now,
-                )
-            except UnknownEnvironment as exc:
-                raise ApiError(404, f"environment {env!r} does not exist") from exc
-            except VersionConflict as exc:
+            outcome = await self.committer.commit(
+                ItemWrite(env, kind, key, encoded, version + 1, version, record, audit)
+            )
+            if isinstance(outcome, UnknownEnvironment):
+                self._recent.forget(ident)
+                raise ApiError(404, f"environment {env!r} does not exist")
+            if isinstance(outcome, VersionConflict):
+                self._recent.forget(ident)
                 if if_match is not None:
-                    _check_if_match(if_match, exc.current, True)
+                    _check_if_match(if_match, outcome.current, True)
                 continue  # someone else committed first: rebuild on the new state
-            return WriteResult(new_item, entry_id, created=live is None)
+            self._recent.put(ident, RecentItem(version + 1, encoded, new_item))
+            return WriteResult(new_item, outcome, created=live is None, encoded=encoded)
         raise ApiError(409, f"{kind} {key!r} is being changed concurrently; retry")
 
     def _prepare_body(self, kind: ItemKind, key: str, body: Any) -> dict[str, Any]:
@@ -349,6 +444,12 @@ class Publisher:
             raise _validation(kind, exc) from exc
         item.pop("version", None)
         return item
+
+    def _prepare_patch(
+        self, kind: ItemKind, key: str, live: dict[str, Any], patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        _check_patch(kind, key, patch)
+        return self._prepare_body(kind, key, apply_merge_patch(live, patch))
 
     async def put_item(
         self,
@@ -394,11 +495,7 @@ class Publisher:
             raise ApiError(400, "the request body must be a JSON merge patch object (RFC 7386)")
         patch = dict(patch)
         comment = _comment(comment_header, patch)
-        patch.pop("version", None)
-        if patch.get("deleted") is True:
-            raise ApiError(422, f"deleted: use DELETE to delete a {kind}")
-        if "key" in patch and patch["key"] != key:
-            raise ApiError(422, "key: a patch cannot change an item's key")
+        _check_patch(kind, key, patch)
 
         def build(live: dict[str, Any] | None) -> dict[str, Any]:
             assert live is not None
@@ -440,6 +537,188 @@ class Publisher:
             comment=comment,
             action="delete",
         )
+
+    # -- bulk ----------------------------------------------------------------------------
+    async def bulk(
+        self,
+        env: str,
+        body: Any,
+        *,
+        actor: Principal,
+        comment_header: str | None,
+        dry_run: bool = False,
+    ) -> BulkResult:
+        """Apply a bulk request atomically (rules in ``publisher.bulk``)."""
+        _url_key(env, "environment")
+        ops, shape_errors, body_comment, skip_unchanged = parse_bulk(body)
+        comment = _comment(comment_header, {"comment": body_comment})
+        await self.require_environment(env)
+        request_id = uuid.uuid4().hex
+        total = len(ops) + len(shape_errors)
+        for _ in range(_MAX_ATTEMPTS):
+            current = await self._bulk_current(env, ops)
+            now = _now_ms()
+            planned: list[_Planned] = []
+            errors = list(shape_errors)
+            for op in ops:
+                plan = self._plan(env, op, current.get((op.kind, op.key)), skip_unchanged)
+                if isinstance(plan, OperationError):
+                    errors.append(plan)
+                else:
+                    planned.append(plan)
+            if errors:
+                errors.sort(key=lambda e: e.index)
+                raise bulk_error(errors, total)
+            to_write = [p for p in planned if p.item is not None]
+            writes = [
+                self._bulk_write(env, p, actor.name, comment, request_id, now) for p in to_write
+            ]
+            if dry_run or not writes:
+                return BulkResult(self._bulk_body(request_id, planned, dry_run), None)
+            outcomes = await self.store.write_items(writes, atomic=True, now_ms=now)
+            failures = [
+                (w, o)
+                for w, o in zip(writes, outcomes, strict=True)
+                if o != "" and not isinstance(o, str)
+            ]
+            if not failures:
+                for p in to_write:
+                    assert p.item is not None
+                    self._recent.put(
+                        (env, p.op.kind, p.op.key), RecentItem(p.version, p.encoded, p.item)
+                    )
+                last = outcomes[-1]
+                assert isinstance(last, str)
+                return BulkResult(self._bulk_body(request_id, planned, False), last)
+            if any(isinstance(o, UnknownEnvironment) for _, o in failures):
+                raise ApiError(404, f"environment {env!r} does not exist")
+            by_key = {(p.op.kind, p.op.key): p.op for p in planned}
+            stale = []
+            for w, o in failures:
+                assert isinstance(o, VersionConflict)
+                self._recent.forget((env, w.kind, w.key))
+                op = by_key[(w.kind, w.key)]
+                if op.if_match is not None and not _if_match_holds(
+                    op.if_match, o.current, o.current > 0
+                ):
+                    stale.append(_stale_error(op, o.current))
+            if stale:
+                raise bulk_error(stale, total)
+            # Another writer changed an item without If-Match in between: rebuild them all.
+        raise ApiError(409, f"items of {env!r} are being changed concurrently; retry")
+
+    async def _bulk_current(
+        self, env: str, ops: list[BulkOperation]
+    ) -> dict[tuple[str, str], RecentItem | None]:
+        """The stored state of every item the operations touch (never the remembered one:
+        refusals are answered from the store's state)."""
+        out: dict[tuple[str, str], RecentItem | None] = {}
+        if len(ops) <= _BULK_POINT_READS:
+            for op in ops:
+                out[(op.kind, op.key)] = await self._stored((env, op.kind, op.key))
+            return out
+        for kind in sorted({op.kind for op in ops}):
+            stored = await self.store.list_items(env, kind)
+            for op in ops:
+                if op.kind != kind:
+                    continue
+                raw = stored.get(op.key)
+                if raw is None:
+                    out[(kind, op.key)] = None
+                else:
+                    item = json.loads(raw)
+                    out[(kind, op.key)] = RecentItem(int(item["version"]), raw, item)
+        return out
+
+    def _plan(
+        self, env: str, op: BulkOperation, current: RecentItem | None, skip_unchanged: bool
+    ) -> _Planned | OperationError:
+        """Validate one operation against the item's current state (rule 2 of bulk)."""
+        version = 0 if current is None else current.version
+        live = current.item if current is not None and not current.item.get("deleted") else None
+
+        def error(status: int, detail: str) -> OperationError:
+            return OperationError(op.index, status, detail, op.op, op.kind, op.key)
+
+        try:
+            if op.op == "put":
+                item = self._prepare_body(op.kind, op.key, op.value)
+            elif op.op == "patch":
+                if live is None:
+                    return error(404, f"{op.kind} {op.key!r} not found in {env!r}")
+                item = self._prepare_patch(op.kind, op.key, live, dict(op.value))
+            else:
+                if live is None:
+                    return error(404, f"{op.kind} {op.key!r} not found in {env!r}")
+                item = make_tombstone(op.key, 0)
+        except ApiError as exc:
+            return error(exc.status, exc.detail)
+        if not _if_match_holds(op.if_match, version, live is not None):
+            return _stale_error(op, version)
+        result: dict[str, Any] = {"index": op.index, "op": op.op, "kind": op.kind, "key": op.key}
+        if (
+            skip_unchanged
+            and op.op == "put"
+            and live is not None
+            and {k: v for k, v in live.items() if k != "version"} == item
+        ):
+            result.update(version=version, unchanged=True)
+            return _Planned(op, result)
+        item["version"] = version + 1
+        encoded = encode_item(item)
+        try:  # the record's size limit, checked now so that it is reported with the rest
+            self._envelope(op.kind, env, op.key, version + 1, "", encoded, now_ms=0)
+        except ApiError as exc:
+            return error(exc.status, exc.detail)
+        result.update(version=version + 1, created=live is None)
+        before = None if current is None or live is None else current.raw
+        return _Planned(op, result, item, encoded, version + 1, before)
+
+    def _bulk_write(
+        self,
+        env: str,
+        planned: _Planned,
+        actor: str,
+        comment: str | None,
+        request_id: str,
+        now: int,
+    ) -> ItemWrite:
+        op, version = planned.op, planned.version
+        record = self._envelope(
+            op.kind,
+            env,
+            op.key,
+            version,
+            actor,
+            planned.encoded,
+            deleted=op.op == "delete",
+            now_ms=now,
+        )
+        audit = audit_entry(
+            actor=actor,
+            action=op.op,
+            kind=op.kind,
+            key=op.key,
+            version=version,
+            before=planned.before,
+            after=planned.encoded,
+            comment=comment,
+            now_ms=now,
+            request_id=request_id,
+        )
+        return ItemWrite(env, op.kind, op.key, planned.encoded, version, version - 1, record, audit)
+
+    @staticmethod
+    def _bulk_body(request_id: str, planned: list[_Planned], dry_run: bool) -> dict[str, Any]:
+        results = [p.result for p in planned]
+        unchanged = sum(1 for r in results if r.get("unchanged"))
+        return {
+            "requestId": request_id,
+            "dryRun": dry_run,
+            "written": 0 if dry_run else len(results) - unchanged,
+            "unchanged": unchanged,
+            "results": results,
+        }
 
     # -- audit ---------------------------------------------------------------------------
     async def audit(self, env: str, limit: int) -> list[dict[str, Any]]:
@@ -503,14 +782,14 @@ class Publisher:
         outbox = self._envelope(
             "env", record.key, record.key, record.version, actor, record.to_json(), now_ms=now
         )
-        audit = self._audit(
+        audit = audit_entry(
             actor=actor,
             action=action,
             kind="environment",
             key=record.key,
             version=record.version,
-            before=None if before is None else env_view(before),
-            after=env_view(record),
+            before=None if before is None else _compact(env_view(before)),
+            after=_compact(env_view(record)),
             comment=comment,
             now_ms=now,
         )

@@ -8,6 +8,14 @@ Rules every implementation (Redis: ``redis_store``, in-memory: ``memory_store``)
   precondition changes nothing. This is how ``If-Match`` and version bumps are enforced: the
   caller reads version *v*, builds the item with version *v+1* and asks the store to commit it
   only if the version is still *v*.
+- **Many writes in one step.** ``write_items`` applies a sequence of such item writes in one
+  atomic step of the store, in order, each checked against the state the writes before it
+  left. ``atomic=False`` (group commit): each write succeeds or fails on its own, exactly as
+  if ``write_item`` had been called for each in that order with nothing in between.
+  ``atomic=True`` (bulk): every precondition is checked first, and either all writes are
+  applied or none.
+- **One format per record.** The outbox record of a write is built by ``outbox_record`` and
+  its audit entry by ``audit_entry``, both here; no other code shapes either.
 - **Versions never go back.** A delete stores a tombstone (``deleted: true``) with a new
   version, so a later PUT continues the sequence.
 - **Outbox order.** Entries are appended in commit order and read back oldest first; their
@@ -22,9 +30,12 @@ Rules every implementation (Redis: ``redis_store``, in-memory: ``memory_store``)
 
 from __future__ import annotations
 
+import json
+import os
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from protocol.envelope import Envelope, encode_envelope
 from protocol.environment import EnvironmentRecord
@@ -33,6 +44,7 @@ from protocol.keys import ItemKind, Kind, record_key
 __all__ = [
     "EnvironmentExists",
     "ItemKind",
+    "ItemWrite",
     "KafkaRecord",
     "OutboxEntry",
     "Store",
@@ -41,6 +53,8 @@ __all__ = [
     "TokenRecord",
     "UnknownEnvironment",
     "VersionConflict",
+    "WriteOutcome",
+    "audit_entry",
     "outbox_record",
 ]
 
@@ -103,6 +117,74 @@ def outbox_record(
         )
     )
     return KafkaRecord(env=env, key=record_key(env, kind, key), value=value)
+
+
+# Audit entry ids: 128 random bits like a uuid4, from a generator seeded by the OS once, not a
+# system call per write (ids need to be unique, not secret).
+_ids = random.Random(os.urandom(32))
+
+
+def audit_entry(
+    *,
+    actor: str,
+    action: str,
+    kind: str,
+    key: str,
+    version: int,
+    before: bytes | None,
+    after: bytes | None,
+    comment: str | None,
+    now_ms: int,
+    request_id: str | None = None,
+) -> bytes:
+    """One audit line: who, when, what; ``before``/``after`` are the items' JSON, pre-encoded.
+
+    The item JSON is spliced in as it is (it was encoded once, for the store and the Kafka
+    record), not parsed and encoded again. ``request_id`` ties the entries of one bulk request
+    together (absent for single writes).
+    """
+    head: dict[str, Any] = {
+        "id": f"{_ids.getrandbits(128):032x}",
+        "timeMs": now_ms,
+        "actor": actor,
+        "action": action,
+        "kind": kind,
+        "key": key,
+        "version": version,
+        "comment": comment,
+    }
+    if request_id is not None:
+        head["requestId"] = request_id
+    text = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode()
+    return b"".join(
+        (
+            text[:-1],
+            b',"before":',
+            b"null" if before is None else before,
+            b',"after":',
+            b"null" if after is None else after,
+            b"}",
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ItemWrite:
+    """One compare-and-set write of an item, with its outbox record and audit entry (see
+    ``Store.write_item`` for the meaning of each field)."""
+
+    env: str
+    kind: ItemKind
+    key: str
+    item: bytes
+    version: int
+    expected_version: int
+    outbox: KafkaRecord
+    audit: bytes
+
+
+# What ``Store.write_items`` reports for each write: its outbox entry id, or why it failed.
+WriteOutcome = str | VersionConflict | UnknownEnvironment
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +267,26 @@ class Store(Protocol):
         ``version`` must be ``expected_version + 1``. Appends ``outbox`` and ``audit`` in the
         same atomic step and returns the outbox entry id. Raises UnknownEnvironment or
         VersionConflict, in which case nothing changed.
+        """
+
+    async def write_items(
+        self, writes: Sequence[ItemWrite], *, atomic: bool, now_ms: int
+    ) -> list[WriteOutcome]:
+        """Apply ``writes`` in order in ONE atomic step; one outcome per write, in order.
+
+        Each write is checked like ``write_item`` (environment exists, stored version equals
+        ``expected_version``, ``version == expected_version + 1``) against the state left by
+        the writes before it in the sequence, so two writes of one key in one call behave as
+        two calls in a row. A successful write stores its item and appends its outbox entry
+        and audit entry, in sequence order (outbox ids increase along the sequence).
+
+        - ``atomic=False`` (group commit): a failed write changes nothing and does not affect
+          the others; its outcome is the ``VersionConflict`` or ``UnknownEnvironment``.
+        - ``atomic=True`` (bulk): if any write fails, NOTHING is applied, and the outcomes name
+          every failure (writes that would have succeeded get an empty string id).
+
+        Idempotent like ``write_item``: a retried call whose first attempt landed returns
+        that attempt's outcomes. Raises only ``StoreUnavailable``.
         """
 
     # -- audit -------------------------------------------------------------------------

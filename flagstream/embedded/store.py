@@ -31,12 +31,14 @@ from protocol.environment import EnvironmentRecord
 from publisher.store import (
     EnvironmentExists,
     ItemKind,
+    ItemWrite,
     KafkaRecord,
     OutboxEntry,
     StoreUnavailable,
     TokenRecord,
     UnknownEnvironment,
     VersionConflict,
+    WriteOutcome,
 )
 
 __all__ = ["SQLiteStore"]
@@ -133,6 +135,11 @@ class SQLiteStore:
             now_ms,
             self._audit_max,
         )
+
+    async def write_items(
+        self, writes: Sequence[ItemWrite], *, atomic: bool, now_ms: int
+    ) -> list[WriteOutcome]:
+        return await self._write(_write_items, list(writes), atomic, now_ms, self._audit_max)
 
     # -- audit -------------------------------------------------------------------------
     async def read_audit(self, env: str, limit: int) -> list[bytes]:
@@ -260,6 +267,49 @@ def _write_item(
     )
     _append_audit(tx, env, audit, audit_max)
     return _enqueue(tx, outbox, now_ms)
+
+
+def _write_items(
+    tx: sqlite3.Connection, writes: list[ItemWrite], atomic: bool, now_ms: int, audit_max: int
+) -> list[WriteOutcome]:
+    # Check pass: each write against the state the writes before it would leave.
+    pending: dict[tuple[str, str, str], int] = {}
+    known_envs: dict[str, bool] = {}
+    failures: list[VersionConflict | UnknownEnvironment | None] = []
+    for w in writes:
+        exists = known_envs.get(w.env)
+        if exists is None:
+            row = tx.execute("SELECT 1 FROM environments WHERE key = ?", (w.env,)).fetchone()
+            exists = known_envs[w.env] = row is not None
+        if not exists:
+            failures.append(UnknownEnvironment(w.env))
+            continue
+        current = pending.get((w.env, w.kind, w.key))
+        if current is None:
+            row = tx.execute(
+                "SELECT version FROM items WHERE env = ? AND kind = ? AND key = ?",
+                (w.env, w.kind, w.key),
+            ).fetchone()
+            current = 0 if row is None else int(row[0])
+        if current != w.expected_version or w.version != w.expected_version + 1:
+            failures.append(VersionConflict(current))
+            continue
+        failures.append(None)
+        pending[(w.env, w.kind, w.key)] = w.version
+    if atomic and any(f is not None for f in failures):
+        return ["" if f is None else f for f in failures]
+    outcomes: list[WriteOutcome] = []
+    for w, failed in zip(writes, failures, strict=True):
+        if failed is not None:
+            outcomes.append(failed)
+            continue
+        tx.execute(
+            "INSERT OR REPLACE INTO items (env, kind, key, version, item) VALUES (?, ?, ?, ?, ?)",
+            (w.env, w.kind, w.key, w.version, w.item),
+        )
+        _append_audit(tx, w.env, w.audit, audit_max)
+        outcomes.append(_enqueue(tx, w.outbox, now_ms))
+    return outcomes
 
 
 def _append_audit(tx: sqlite3.Connection, env: str, entry: bytes, keep: int) -> None:

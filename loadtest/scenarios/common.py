@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import time
@@ -185,8 +186,12 @@ async def open_system(ctx: Context, scenario: str, *, relays: int = 1) -> System
     return System(ctx, topic, urls, spawned, driver, publisher)
 
 
-async def wait_env_visible(relay_url: str, sdk_key: str, *, within: float = 30.0) -> None:
-    """Wait until the relay knows ``sdk_key`` (polling endpoint answers 200, not 401)."""
+async def wait_env_visible(
+    relay_url: str, sdk_key: str, *, within: float = 30.0, flags: int = 0
+) -> None:
+    """Wait until the relay knows ``sdk_key`` (polling endpoint answers 200, not 401) and
+    holds at least ``flags`` flags of it (streams opened earlier would count the remaining
+    creations as extra patches)."""
     deadline = time.perf_counter() + within
     status = 0
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
@@ -196,8 +201,10 @@ async def wait_env_visible(relay_url: str, sdk_key: str, *, within: float = 30.0
                     relay_url + "/sdk/latest-all", headers={"Authorization": sdk_key}
                 ) as resp:
                     status = resp.status
-                    await resp.read()
-                    if status == 200:
+                    body = await resp.read()
+                    if status == 200 and (
+                        flags <= 0 or len(json.loads(body).get("flags", {})) >= flags
+                    ):
                         return
             except (aiohttp.ClientError, TimeoutError):
                 status = -1

@@ -66,7 +66,7 @@ async def run(ctx: Context) -> Result:
     swarm: Swarm | None = None
     try:
         sdk_key = await system.driver.create_environment(env, a.flags)
-        await wait_env_visible(system.relay_urls[0], sdk_key)
+        await wait_env_visible(system.relay_urls[0], sdk_key, flags=a.flags)
         swarm = Swarm([Target.from_url(system.relay_urls[0])], rec, source_ips=a.source_ips)
         clients = swarm.add(a.streams, env, sdk_key)
         phase = ["connecting"]

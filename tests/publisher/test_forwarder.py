@@ -214,3 +214,44 @@ async def test_impossible_replication_factor_at_runtime_is_logged_as_a_configura
     assert errors and "configuration error" in errors[0]
     assert "INVALID_REPLICATION_FACTOR" in errors[0]
     assert "FLAGSTREAM_PUBLISHER_TOPIC_REPLICATION_FACTOR to at most 1" in errors[0]
+
+
+@pytest.mark.slow
+async def test_kafka_down_group_commits_and_bulk_are_202_then_delivered(
+    private_kafka: KafkaBroker, redis_store: RedisStore, make_api: ApiFactory, unique_name: str
+) -> None:
+    """Group commit and bulk keep the 202 contract: committed and queued while Kafka is
+    down, every record delivered in commit order once it is back."""
+    topic = f"{unique_name}.state"
+    log = KafkaRecordLog(
+        private_kafka.bootstrap, topic, create_partitions=3, request_timeout_ms=3000
+    )
+    api = await make_api(
+        redis_store, log, kafka_bootstrap=private_kafka.bootstrap, topic=topic, ack_timeout=1.0
+    )
+    status, _, _ = await api.call("POST", ENV, {"key": "prod"})
+    assert status in (201, 202)
+    for i in range(10):
+        status, _, _ = await api.call("PUT", f"{ENV}/prod/flags/f{i}", {**FLAG, "key": f"f{i}"})
+        assert status in (201, 202)
+    await wait_outbox_empty(api.app, redis_store)
+
+    await asyncio.to_thread(private_kafka.stop)
+    results = await asyncio.gather(
+        *(api.call("PATCH", f"{ENV}/prod/flags/f{i}", {"salt": "down"}) for i in range(10))
+    )
+    assert [r[0] for r in results] == [202] * 10
+    assert all(r[1]["delivery"] == "pending" and r[1]["item"]["version"] == 2 for r in results)
+    ops = [
+        {"op": "patch", "kind": "flag", "key": f"f{i}", "value": {"on": False}} for i in range(10)
+    ]
+    status, body, _ = await api.call("POST", f"{ENV}/prod/bulk", {"operations": ops})
+    assert status == 202 and body["delivery"] == "pending" and body["written"] == 10, body
+    assert await redis_store.outbox_depth() == 20  # durably queued, nothing lost
+
+    await asyncio.to_thread(private_kafka.start, 240.0)
+    await wait_outbox_empty(api.app, redis_store, seconds=90)
+    records = await read_topic(private_kafka.bootstrap, topic, "prod", expect=31)
+    for i in range(10):
+        versions = [r.version for r in records if r.kind == "flag" and r.key == f"f{i}"]
+        assert first_occurrences(versions) == [1, 2, 3] and versions[-1] == 3, (i, versions)

@@ -10,9 +10,32 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from protocol.keys import partition_for
-from publisher.log import KafkaRecordLog, TopicConfigError, check_topic_config, ensure_topic
+from publisher.log import (
+    KafkaRecordLog,
+    TopicConfigError,
+    check_topic_config,
+    ensure_topic,
+    send_records,
+)
 
 pytestmark = pytest.mark.integration
+
+
+class _PlainLog:
+    """A RecordLog without send_batch: ``send_records`` falls back to pipelined sends."""
+
+    def __init__(self, log: KafkaRecordLog) -> None:
+        self._log = log
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def partitions(self) -> int:
+        return await self._log.partitions()
+
+    async def send(self, partition_env: str, key: bytes, value: bytes) -> None:
+        await self._log.send(partition_env, key, value)
 
 
 async def test_ensure_topic_creates_a_compacted_topic_once(
@@ -40,21 +63,29 @@ async def test_ensure_topic_creates_a_compacted_topic_once(
         await admin.close()
 
 
+@pytest.mark.parametrize("how", ["send", "send_batch", "send_records"])
 async def test_concurrent_sends_keep_order_in_the_environment_partition(
-    kafka_bootstrap: str, topic: str
+    kafka_bootstrap: str, topic: str, how: str
 ) -> None:
     log = KafkaRecordLog(kafka_bootstrap, topic, create_partitions=3)
     await log.start()
     try:
         assert await log.partitions() == 3
         envs = ["prod", "stage", "dev"]
-        # started in this order, all at once, interleaving environments
-        await asyncio.gather(
-            *(
-                log.send(envs[i % 3], f"{envs[i % 3]}/flag/k".encode(), str(i).encode())
-                for i in range(300)
+        records = [
+            (envs[i % 3], f"{envs[i % 3]}/flag/k".encode(), str(i).encode()) for i in range(300)
+        ]
+        if how == "send":
+            # started in this order, all at once, interleaving environments
+            await asyncio.gather(*(log.send(*record) for record in records))
+        elif how == "send_batch":
+            # one batch call, then a second one racing the first: order is still call order
+            first, second = await asyncio.gather(
+                log.send_batch(records[:150]), log.send_batch(records[150:])
             )
-        )
+            assert first + second == [None] * 300
+        else:
+            assert await send_records(_PlainLog(log), records) == [None] * 300
     finally:
         await log.stop()
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
@@ -91,3 +122,13 @@ async def test_impossible_replication_factor_is_a_named_configuration_error(
         await check_topic_config(kafka_bootstrap, topic, replication_factor=3)
     await check_topic_config(kafka_bootstrap, topic, replication_factor=1)  # fine
     await check_topic_config("127.0.0.1:1", topic, replication_factor=3, timeout_ms=500)
+
+
+async def test_send_batch_reports_each_failure_instead_of_raising(topic: str) -> None:
+    log = KafkaRecordLog("127.0.0.1:9", topic, request_timeout_ms=1000)  # nothing listens
+    results = await log.send_batch([("prod", b"prod/flag/a", b"1"), ("prod", b"prod/flag/b", b"2")])
+    assert len(results) == 2 and all(isinstance(r, Exception) for r in results)
+    # right after a failed reconnect the next batch fails fast, without a new connect attempt
+    again = await asyncio.wait_for(log.send_batch([("prod", b"prod/flag/a", b"1")]), 0.5)
+    assert isinstance(again[0], Exception)
+    await log.stop()
