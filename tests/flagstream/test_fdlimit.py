@@ -234,8 +234,11 @@ async def test_dev_under_a_lowered_descriptor_limit(
     argv = [sys.executable, "-m", "flagstream", "dev", "--port", str(port), "--ephemeral"]
     with spawned(argv, {"FLAGSTREAM_ADMIN_TOKEN": ADMIN_TOKEN}, log_path) as proc:
         await wait_ready(port, proc, log_path)
-        sdk_key = re.search(r"sdk-[0-9a-f-]{36}", text(log_path))
-        assert sdk_key is not None
+        # /readyz answers before the demo seed is written; the banner with the key follows it.
+        async with asyncio.timeout(60):
+            while (sdk_key := re.search(r"sdk-[0-9a-f-]{36}", text(log_path))) is None:
+                assert proc.poll() is None, text(log_path)
+                await asyncio.sleep(0.1)
         request = stream_request(sdk_key.group(0))
         # The admin connection is opened first (a keep-alive connection, reused below).
         connector = aiohttp.TCPConnector(limit=1)
