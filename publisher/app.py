@@ -92,7 +92,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Resolve the bearer token of every /api/ request into a Principal (401 if none)."""
-    if not request.path.startswith("/api/"):
+    # trigger URLs carry their own credential (governance, publisher.governance.triggers)
+    if not request.path.startswith("/api/") or request.path.startswith("/api/v1/triggers/"):
         return await handler(request)
     secret = parse_bearer(request.headers.get("Authorization"))
     challenge = {"WWW-Authenticate": 'Bearer realm="flagstream"'}
@@ -233,14 +234,18 @@ async def create_environment(request: web.Request) -> web.Response:
 async def list_environments(request: web.Request) -> web.Response:
     p = request[_PRINCIPAL]
     records = await request.app[PUBLISHER].store.list_environments()
-    return _json({"items": [env_view(r) for r in records if p.may("read", r.key)]})
+    policies = await governance_policy_fields(request.app)  # governance: policy fields
+    return _json(
+        {"items": [{**env_view(r), **policies[r.key]} for r in records if p.may("read", r.key)]}
+    )
 
 
 async def get_environment(request: web.Request) -> web.Response:
     env = request.match_info["env"]
     _principal(request, "read", env)
     record = await request.app[PUBLISHER].require_environment(env)
-    return _json(env_view(record))
+    # governance: an environment shows its policy fields
+    return _json({**env_view(record), **await governance_policy_fields(request.app, env)})
 
 
 async def rotate_sdk_key(request: web.Request) -> web.Response:
@@ -328,6 +333,8 @@ async def delete_item(request: web.Request) -> web.Response:
 
 
 async def audit(request: web.Request) -> web.Response:
+    if AUDIT_FILTERS & request.query.keys():  # governance: ?requestId= / ?actor= filters
+        return await filtered_audit(request)
     env = request.match_info["env"]
     _principal(request, "read", env)
     raw = request.query.get("limit", "50")
@@ -418,4 +425,28 @@ def build_app(settings: PublisherSettings, store: Store, log: RecordLog) -> web.
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
+    # governance (publisher.governance): routes, the direct-write guard, the scheduler
+    install_governance(app, settings, app[PUBLISHER], app[FORWARDER], metrics_)
     return app
+
+
+# -- governance hooks (publisher.governance imports this module, so import it late) --------
+async def governance_policy_fields(app: web.Application, env: str | None = None) -> Any:
+    from publisher.governance.http import policy_fields
+
+    return await policy_fields(app, env)
+
+
+async def filtered_audit(request: web.Request) -> web.Response:
+    from publisher.governance.http import filtered_audit as handler
+
+    return await handler(request)
+
+
+def install_governance(app: web.Application, *args: Any) -> None:
+    from publisher.governance.install import install_governance as install
+
+    install(app, *args)
+
+
+AUDIT_FILTERS = frozenset({"requestId", "actor"})

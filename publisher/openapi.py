@@ -208,4 +208,8 @@ _SPEC: Final[dict[str, Any]] = {
 
 def openapi_spec() -> dict[str, Any]:
     """A copy of the document (callers may modify it)."""
-    return copy.deepcopy(_SPEC)
+    from publisher.governance.openapi import add_governance  # imports this module
+
+    spec = copy.deepcopy(_SPEC)
+    add_governance(spec)  # governance (publisher.governance): its paths, audit filters
+    return spec

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -64,6 +64,12 @@ _VALIDATORS: Final[dict[str, Callable[[object], dict[str, Any]]]] = {
     "flag": validate_flag,
     "segment": validate_segment,
 }
+
+
+# Governance hook (publisher.governance.policy): called before a direct flag/segment write
+# with (env, principal, comment); raises ApiError to refuse it, or returns fields to add to
+# the write's audit entry (e.g. a bypass of required approvals), or None.
+WriteGuard = Callable[[str, Principal, "str | None"], Awaitable["dict[str, Any] | None"]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +174,12 @@ class Publisher:
     def __init__(self, store: Store, *, max_record_bytes: int = 1_000_000) -> None:
         self.store = store
         self._max_record = max_record_bytes
+        self.write_guard: WriteGuard | None = None  # set by publisher.governance
+
+    async def _guard(
+        self, env: str, actor: Principal, comment: str | None
+    ) -> dict[str, Any] | None:
+        return None if self.write_guard is None else await self.write_guard(env, actor, comment)
 
     # -- helpers -------------------------------------------------------------------------
     def _envelope(
@@ -204,6 +216,7 @@ class Publisher:
         after: Any,
         comment: str | None,
         now_ms: int,
+        note: dict[str, Any] | None = None,
     ) -> bytes:
         return json.dumps(
             {
@@ -217,6 +230,7 @@ class Publisher:
                 "comment": comment,
                 "before": before,
                 "after": after,
+                **(note or {}),
             },
             separators=(",", ":"),
             ensure_ascii=False,
@@ -272,6 +286,7 @@ class Publisher:
         actor: str,
         comment: str | None,
         action: str,
+        audit_note: dict[str, Any] | None = None,
     ) -> WriteResult:
         """Read-build-commit loop (see module docstring); ``build`` gets the live current item."""
         for _ in range(_MAX_ATTEMPTS):
@@ -302,6 +317,7 @@ class Publisher:
                 after=new_item,
                 comment=comment,
                 now_ms=now,
+                note=audit_note,
             )
             try:
                 entry_id = await self.store.write_item(
@@ -357,6 +373,7 @@ class Publisher:
         _url_key(env, "environment")
         _url_key(key, "key")
         comment = _comment(comment_header, body if isinstance(body, dict) else None)
+        note = await self._guard(env, actor, comment)
         item = self._prepare_body(kind, key, body)
         return await self._commit_item(
             env,
@@ -368,6 +385,7 @@ class Publisher:
             actor=actor.name,
             comment=comment,
             action="put",
+            audit_note=note,
         )
 
     async def patch_item(
@@ -387,6 +405,7 @@ class Publisher:
             raise ApiError(400, "the request body must be a JSON merge patch object (RFC 7386)")
         patch = dict(patch)
         comment = _comment(comment_header, patch)
+        note = await self._guard(env, actor, comment)
         patch.pop("version", None)
         if patch.get("deleted") is True:
             raise ApiError(422, f"deleted: use DELETE to delete a {kind}")
@@ -407,6 +426,7 @@ class Publisher:
             actor=actor.name,
             comment=comment,
             action="patch",
+            audit_note=note,
         )
 
     async def delete_item(
@@ -422,6 +442,7 @@ class Publisher:
         _url_key(env, "environment")
         _url_key(key, "key")
         comment = _comment(comment_header, None)
+        note = await self._guard(env, actor, comment)
         return await self._commit_item(
             env,
             kind,
@@ -432,6 +453,7 @@ class Publisher:
             actor=actor.name,
             comment=comment,
             action="delete",
+            audit_note=note,
         )
 
     # -- audit ---------------------------------------------------------------------------
