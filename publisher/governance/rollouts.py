@@ -156,6 +156,14 @@ class Rollouts:
         live, _ = await self.core.current(env, "flag", flag)
         if live is None:
             raise ApiError(404, f"flag {flag!r} not found in {env!r}")
+        for plan in await self.list_plans(env):
+            if plan.flag == flag and plan.status in UNFINISHED:
+                raise ApiError(
+                    409,
+                    f"flag {flag!r} already has an unfinished rollout plan {plan.id} "
+                    f"({plan.status}); stop it (DELETE) or let it complete first",
+                    type_="plan-exists",
+                )
         count = len(live.get("variations") or [])
         to_variation = _variation(body.get("toVariation"), "toVariation", count)
         current = read_target(live, rule_id)
@@ -184,14 +192,6 @@ class Rollouts:
             )
         policy = await self.core.policy(env)
         self.core.require_comment(policy, comment, env, "a rollout plan")
-        for plan in await self.list_plans(env):
-            if plan.flag == flag and plan.status in UNFINISHED:
-                raise ApiError(
-                    409,
-                    f"flag {flag!r} already has an unfinished rollout plan {plan.id} "
-                    f"({plan.status}); stop it (DELETE) or let it complete first",
-                    type_="plan-exists",
-                )
         bypass = policy.required_approvals > 0 and BYPASS_SCOPE in actor.scopes
         approved = bypass or policy.required_approvals == 0
         seq = await self.core.store.next_seq()
