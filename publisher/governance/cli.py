@@ -16,7 +16,7 @@ import urllib.parse
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from publisher.admin_cli import EXIT_USAGE, CliError, Client, _load_file, _q, _table, _time
+from publisher.admin_cli import EXIT_USAGE, Client, CliError, _load_file, _q, _table, _time
 
 __all__ = ["COMMANDS", "add_commands", "handles", "run"]
 
