@@ -46,14 +46,29 @@ async def test_policy_and_change_request_commands(
     assert code == 1 and "change-requests" in err and "403" in err
 
     code, out, _ = await admin(
-        capsys, gov, "cr", "create", "prod", "flags/f1", "--patch", '{"on": false}',
-        "--base-version", "1", "--comment", "turn off", as_="alice",
+        capsys,
+        gov,
+        "cr",
+        "create",
+        "prod",
+        "flags/f1",
+        "--patch",
+        '{"on": false}',
+        "--base-version",
+        "1",
+        "--comment",
+        "turn off",
+        as_="alice",
     )
     assert code == 0 and "pending, review pending (0/1 approvals)" in out
     cr_id = out.split("change request ")[1].split()[0]
     code, out, _ = await admin(capsys, gov, "cr", "list", "prod")
     assert code == 0 and out.splitlines()[1].split()[:5] == [
-        cr_id, "flags/f1", "pending", "pending", "0/1"
+        cr_id,
+        "flags/f1",
+        "pending",
+        "pending",
+        "0/1",
     ]
     code, _, err = await admin(capsys, gov, "cr", "approve", "prod", cr_id, as_="alice")
     assert code == 1 and "self-approval" in err
@@ -63,7 +78,9 @@ async def test_policy_and_change_request_commands(
     assert code == 0 and "applied as version 2 by bob" in out
     code, out, _ = await admin(capsys, gov, "audit", "prod", "--request-id", cr_id)
     assert code == 0 and [line.split()[3] for line in out.splitlines()[1:]] == [
-        "patch", "review-change-request", "create-change-request"
+        "patch",
+        "review-change-request",
+        "create-change-request",
     ]
     code, out, _ = await admin(capsys, gov, "audit", "prod", "--actor", "bob")
     assert code == 0 and len(out.splitlines()) == 3
@@ -71,8 +88,19 @@ async def test_policy_and_change_request_commands(
     patch_file = tmp_path / "patch.yaml"
     patch_file.write_text("on: true\n")  # YAML 1.2: `on` is a key, not a boolean
     code, out, _ = await admin(
-        capsys, gov, "cr", "create", "prod", "flags/f1", "--patch-file", str(patch_file),
-        "--in", "1s", "--comment", "back on", as_="alice",
+        capsys,
+        gov,
+        "cr",
+        "create",
+        "prod",
+        "flags/f1",
+        "--patch-file",
+        str(patch_file),
+        "--in",
+        "1s",
+        "--comment",
+        "back on",
+        as_="alice",
     )
     assert code == 0, out
     scheduled = out.split("change request ")[1].split()[0]
@@ -91,7 +119,16 @@ async def test_policy_and_change_request_commands(
     )
     third = out.split("change request ")[1].split()[0]
     code, out, _ = await admin(
-        capsys, gov, "cr", "edit", "prod", third, "--description", "y", "--comment", "z",
+        capsys,
+        gov,
+        "cr",
+        "edit",
+        "prod",
+        third,
+        "--description",
+        "y",
+        "--comment",
+        "z",
         as_="bob",
     )
     assert code == 0 and "edited (reviews cleared)" in out
@@ -131,7 +168,11 @@ async def test_trigger_and_rollout_commands(
     assert (await asyncio.to_thread(call))["changed"] is True
     code, out, _ = await admin(capsys, gov, "trigger", "list", "prod", "f1")
     assert code == 0 and out.splitlines()[1].split()[:5] == [
-        trigger_id, "off", "enabled", "approved", "1"
+        trigger_id,
+        "off",
+        "enabled",
+        "approved",
+        "1",
     ]
     for action in ("disable", "enable", "delete"):
         code, out, _ = await admin(capsys, gov, "trigger", action, "prod", "f1", trigger_id)
@@ -141,8 +182,18 @@ async def test_trigger_and_rollout_commands(
 
     await admin(capsys, gov, "flag", "toggle", "prod", "f1", "on")
     code, out, _ = await admin(
-        capsys, gov, "rollout", "start", "prod", "f1", "--to", "1", "--steps", "50:0,100",
-        "--comment", "go",
+        capsys,
+        gov,
+        "rollout",
+        "start",
+        "prod",
+        "f1",
+        "--to",
+        "1",
+        "--steps",
+        "50:0,100",
+        "--comment",
+        "go",
     )
     assert code == 0 and "variation 0 → 1" in out and "50%/0s, 100%/0s" in out
 

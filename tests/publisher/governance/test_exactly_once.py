@@ -158,8 +158,12 @@ async def test_200_scheduled_changes_three_publishers_leader_killed(
     base = f"{urls[0]}/api/v1/environments/{ENV}"
     await _json(session, "POST", f"{urls[0]}/api/v1/environments", {"key": ENV})
     keys = [f"e{i}" for i in range(FLAGS)]
-    flag = {"on": True, "variations": [True, False], "fallthrough": {"variation": 0},
-            "offVariation": 1}
+    flag = {
+        "on": True,
+        "variations": [True, False],
+        "fallthrough": {"variation": 0},
+        "offVariation": 1,
+    }
     await _gather_bounded(
         [_json(session, "PUT", f"{base}/flags/{k}", {**flag, "key": k}) for k in keys]
     )
@@ -192,8 +196,10 @@ async def test_200_scheduled_changes_three_publishers_leader_killed(
     at -= at % 1000  # on a second boundary: all due "in the same second"
     at += 1000
     await _gather_bounded(
-        [_json(session, "PATCH", f"{base}/change-requests/{c['id']}", {"executeAt": at})
-         for c in created]
+        [
+            _json(session, "PATCH", f"{base}/change-requests/{c['id']}", {"executeAt": at})
+            for c in created
+        ]
     )
     assert int(time.time() * 1000) < at - 500, "setup ran past the due time; machine too slow"
 
