@@ -233,19 +233,19 @@ async def create_environment(request: web.Request) -> web.Response:
 
 async def list_environments(request: web.Request) -> web.Response:
     p = request[_PRINCIPAL]
-    records = await request.app[PUBLISHER].store.list_environments()
-    policies = await governance_policy_fields(request.app)  # governance: policy fields
-    return _json(
-        {"items": [{**env_view(r), **policies[r.key]} for r in records if p.may("read", r.key)]}
-    )
+    records = [
+        r for r in await request.app[PUBLISHER].store.list_environments() if p.may("read", r.key)
+    ]
+    policies = await governance_policy_fields(request.app, [r.key for r in records])
+    return _json({"items": [{**env_view(r), **policies[r.key]} for r in records]})
 
 
 async def get_environment(request: web.Request) -> web.Response:
     env = request.match_info["env"]
     _principal(request, "read", env)
     record = await request.app[PUBLISHER].require_environment(env)
-    # governance: an environment shows its policy fields
-    return _json({**env_view(record), **await governance_policy_fields(request.app, env)})
+    policy = await governance_policy_fields(request.app, [env])  # governance: policy fields
+    return _json({**env_view(record), **policy[env]})
 
 
 async def rotate_sdk_key(request: web.Request) -> web.Response:
@@ -431,10 +431,10 @@ def build_app(settings: PublisherSettings, store: Store, log: RecordLog) -> web.
 
 
 # -- governance hooks (publisher.governance imports this module, so import it late) --------
-async def governance_policy_fields(app: web.Application, env: str | None = None) -> Any:
+async def governance_policy_fields(app: web.Application, envs: list[str]) -> Any:
     from publisher.governance.http import policy_fields
 
-    return await policy_fields(app, env)
+    return await policy_fields(app, envs)
 
 
 async def filtered_audit(request: web.Request) -> web.Response:

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from protocol.keys import ItemKind
-from protocol.model import make_tombstone
+from protocol.model import encode_item, make_tombstone
 from publisher.auth import Principal
 from publisher.governance import requests as rules
 from publisher.governance.core import (
@@ -218,8 +218,6 @@ class ChangeRequests:
         item = self._build(env, kind, key, change, live)
         item["version"] = version + 1
         # the same size check as a write: too large for one Kafka record is a 413 now
-        from protocol.model import encode_item
-
         self.core.publisher._envelope(
             kind, env, key, version + 1, "check", encode_item(item), now_ms=now_ms()
         )

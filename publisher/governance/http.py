@@ -13,7 +13,6 @@ URL needs no token (the secret in the URL is the credential).
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -68,17 +67,12 @@ def _cr_view(cr: ChangeRequest, policy: Policy) -> dict[str, Any]:
 
 
 # -- policy and environment views -----------------------------------------------------------
-async def policy_fields(app: web.Application, env: str | None = None) -> dict[str, Any]:
-    """The policy fields shown with an environment; for ``env=None``, every environment's
-    (a mapping that answers the default policy for any other key). Nothing where governance
-    is unavailable."""
+async def policy_fields(app: web.Application, envs: list[str]) -> dict[str, dict[str, Any]]:
+    """The policy fields shown with each environment of ``envs`` (none where governance is
+    unavailable)."""
     if app.get(UNAVAILABLE) is not None:
-        return {} if env is not None else defaultdict(dict)
-    governance = app[GOVERNANCE]
-    if env is not None:
-        return (await governance.policies.get(env)).view()
-    views = await governance.policies.all_views()
-    return defaultdict(lambda: Policy().view(), views)
+        return {env: {} for env in envs}
+    return await app[GOVERNANCE].policies.views(envs)
 
 
 async def patch_environment(request: web.Request) -> web.Response:

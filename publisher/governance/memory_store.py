@@ -54,13 +54,6 @@ class MemoryGovernanceStore:
     async def list_records(self, collection: Collection, env: str) -> list[bytes]:
         return [v for _, v in self._records.get((collection, env), {}).values()]
 
-    async def list_all(self, collection: Collection) -> dict[str, list[bytes]]:
-        return {
-            env: [v for _, v in records.values()]
-            for (coll, env), records in self._records.items()
-            if coll == collection
-        }
-
     async def next_seq(self) -> int:
         return next(self._seq)
 

@@ -17,6 +17,7 @@ that relays receive: relays have no use for it.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Final
 
 from publisher.auth import Principal
@@ -75,9 +76,10 @@ class Policies:
     async def get(self, env: str) -> Policy:
         return await self.core.policy(env)
 
-    async def all_views(self) -> dict[str, dict[str, Any]]:
-        raw = await self.core.store.list_all("policy")
-        return {env: Policy.from_json(records[0]).view() for env, records in raw.items() if records}
+    async def views(self, envs: list[str]) -> dict[str, dict[str, Any]]:
+        """The policy fields of each of ``envs`` (fetched concurrently)."""
+        policies = await asyncio.gather(*(self.core.policy(env) for env in envs))
+        return {env: p.view() for env, p in zip(envs, policies, strict=True)}
 
     async def patch(
         self, env: str, body: Any, *, actor: Principal, comment_header: str | None

@@ -194,15 +194,6 @@ class RedisGovernanceStore:
         return list(raw.values())
 
     @_unavailable
-    async def list_all(self, collection: Collection) -> dict[str, list[bytes]]:
-        prefix = self._k(collection, "")
-        out: dict[str, list[bytes]] = {}
-        async for key in self._r.scan_iter(match=prefix + "*", count=500):
-            env = key.decode()[len(prefix) :]
-            out[env] = list((await self._r.hgetall(key)).values())
-        return out
-
-    @_unavailable
     async def next_seq(self) -> int:
         return int(await self._r.incr(self._k("seq")))
 

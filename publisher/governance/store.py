@@ -142,9 +142,6 @@ class GovernanceStore(Protocol):
     async def list_records(self, collection: Collection, env: str) -> list[bytes]:
         """Every record of a collection in an environment (any order)."""
 
-    async def list_all(self, collection: Collection) -> dict[str, list[bytes]]:
-        """Every record of a collection, by environment."""
-
     async def next_seq(self) -> int:
         """A number greater than every one returned before (ids and schedule order)."""
 

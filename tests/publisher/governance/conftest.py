@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.append(str(Path(__file__).parent))  # gov_support; after tests/publisher
 
 from gov_support import Gov, setup_gov
 from publisher_support import PARTITIONS, ApiFactory

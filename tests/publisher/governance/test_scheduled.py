@@ -82,7 +82,7 @@ async def test_a_scheduled_change_waits_for_its_approvals(gov: Gov) -> None:
 
 async def test_cancelled_and_declined_schedules_are_not_applied(gov: Gov) -> None:
     await gov.policy(requiredApprovals=1)
-    at = now_ms() + 300
+    at = now_ms() + 2500  # the reviews and the cancel below come well before it
     body = {"resource": "flags/f1", "change": {"mergePatch": {"on": False}}, "executeAt": at}
     one, two = await gov.create_cr(body), await gov.create_cr(body)
     for cr in (one, two):
@@ -92,7 +92,7 @@ async def test_cancelled_and_declined_schedules_are_not_applied(gov: Gov) -> Non
         "POST", f"{CR}/{two['id']}/reviews", {"decision": "decline"}, as_="carol"
     )
     assert declined["status"] == "pending"
-    await asyncio.sleep(0.8)
+    await asyncio.sleep(max(0, at - now_ms()) / 1000 + 0.8)
     assert (await gov.flag())["version"] == 1
     assert [await status_of(gov, c) for c in (one, two)] == ["cancelled", "pending"]
 
@@ -103,7 +103,7 @@ async def test_a_raised_requirement_unschedules_a_due_change(gov: Gov) -> None:
         {
             "resource": "flags/f1",
             "change": {"mergePatch": {"on": False}},
-            "executeAt": now_ms() + 300,
+            "executeAt": now_ms() + 2000,
         }
     )
     await gov.ok("POST", f"{CR}/{cr['id']}/reviews", {"decision": "approve"}, as_="bob")
@@ -126,7 +126,7 @@ async def test_a_scheduled_change_on_a_moved_base_fails_and_writes_nothing(gov: 
             "resource": "flags/f1",
             "baseVersion": 1,
             "change": {"mergePatch": {"on": False}},
-            "executeAt": now_ms() + 300,
+            "executeAt": now_ms() + 2000,
         }
     )
     await gov.ok("PATCH", f"{BASE}/flags/f1", {"salt": "moved"}, as_="bob")
@@ -152,7 +152,7 @@ async def test_two_publishers_apply_every_due_change_once_in_creation_order(
         keys = [f"g{i}" for i in range(4)]
         for key in keys:
             await govs[0].ok("PUT", f"{BASE}/flags/{key}", flag_body(key))
-        at = now_ms() + 1500
+        at = now_ms() + 3000
         created = []
         for n in range(10):
             for key in keys:
@@ -189,12 +189,13 @@ async def test_a_change_due_while_no_publisher_runs_is_applied_late_on_recovery(
 ) -> None:
     first_store = RedisStore(redis_url, prefix=f"{unique_name}:")
     first = await setup_gov(await make_api(first_store, scheduler_interval=0.05))
-    at = now_ms() + 600
+    at = now_ms() + 2000
     cr = await first.create_cr(
         {"resource": "flags/f1", "change": {"mergePatch": {"on": False}}, "executeAt": at}
     )
     await first.api.client.close()  # the only publisher stops (and releases the lease)
-    await asyncio.sleep(1.6)
+    assert now_ms() < at, "the publisher took too long to stop"
+    await asyncio.sleep((at - now_ms()) / 1000 + 1.0)
     assert json.loads(await first_store.get_item(ENV, "flag", "f1") or b"")["version"] == 1
     await first_store.close()
 
