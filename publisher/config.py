@@ -130,6 +130,13 @@ class PublisherSettings(BaseSettings):
     trigger_rate_window: float = Field(
         default=60.0, ge=1, le=86_400, description="seconds of a trigger URL's rate window"
     )
+    policy_cache_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="how old an environment policy the direct-write guard may use (0: read it "
+        "on every write); a policy change reaches every publisher within this time",
+    )
 
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
 

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from publisher.app import FORWARDER, PUBLISHER, _json, _json_body, _principal
-from publisher.governance.core import Written
+from publisher.governance.core import Written, only_fields, parse_comment, require_object
 from publisher.governance.install import GOVERNANCE, UNAVAILABLE, Governance
 from publisher.governance.model import ChangeRequest, Policy, RolloutPlan
 from publisher.governance.triggers import TRIGGER_PATH
@@ -267,8 +267,6 @@ async def create_plan(request: web.Request) -> web.Response:
 
 
 async def _plan_comment(request: web.Request) -> str | None:
-    from publisher.governance.core import only_fields, parse_comment, require_object
-
     body = await _json_body(request, optional=True)
     obj = {} if body is None else require_object(body, '{"comment": ...}')
     comment = parse_comment(_comment_header(request), obj)

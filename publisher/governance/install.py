@@ -95,7 +95,7 @@ def install_governance(
         GovernanceMetrics(metrics.registry),
         audit_max_entries=settings.audit_max_entries,
     )
-    policies = Policies(core)
+    policies = Policies(core, cache_seconds=settings.policy_cache_seconds)
     requests = ChangeRequests(core)
     rollouts = Rollouts(core)
     governance = Governance(
@@ -123,6 +123,6 @@ def install_governance(
         await governance.scheduler.stop()
 
     app.on_startup.append(start)
-    # before the forwarder stops (build_app's cleanup runs after this one: LIFO is not used
-    # by aiohttp, so insert first)
+    # on_cleanup runs in order: stop the scheduler before build_app's cleanup stops the
+    # forwarder (whose lease fences the scheduler's writes)
     app.on_cleanup.insert(0, stop)

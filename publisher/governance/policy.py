@@ -8,6 +8,11 @@ Rules of the guard (``Policies.guard_direct_write``), run by ``Publisher.put_ite
    ``bypass-approvals`` scope, and then the write's audit entry says ``"bypass": "approvals"``.
 2. Where ``requireComment`` (or ``critical``) is set, a write without a comment is a 400.
 3. In a ``critical`` environment every write's audit entry carries ``"critical": true``.
+4. The guard reads the policy from a per-process cache that is at most
+   ``policy_cache_seconds`` old (1 s by default; 0 reads the store on every write): a direct
+   write costs no extra store round trip, and a policy change reaches every publisher's
+   guard within that time (at once on the publisher that made it). Change requests,
+   reviews, triggers and rollouts always read the stored policy.
 
 The policy itself changes with ``PATCH /api/v1/environments/{env}`` (a JSON merge patch of
 the four fields; ``null`` restores a default), admin scope, audited with before and after.
@@ -18,6 +23,7 @@ that relays receive: relays have no use for it.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Final
 
 from publisher.auth import Principal
@@ -70,8 +76,23 @@ def _merged(current: Policy, patch: dict[str, Any]) -> Policy:
 
 
 class Policies:
-    def __init__(self, core: GovernanceCore) -> None:
+    def __init__(self, core: GovernanceCore, *, cache_seconds: float = 1.0) -> None:
         self.core = core
+        self._cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, Policy]] = {}  # env -> (read at, policy)
+
+    async def _cached(self, env: str) -> Policy:
+        """Rule 4: the policy, at most ``cache_seconds`` old."""
+        now = time.monotonic()
+        hit = self._cache.get(env)
+        if hit is not None and now - hit[0] < self._cache_seconds:
+            return hit[1]
+        policy = await self.core.policy(env)
+        if self._cache_seconds > 0:
+            if len(self._cache) > 10_000:  # environments come and go: keep it bounded
+                self._cache.clear()
+            self._cache[env] = (now, policy)
+        return policy
 
     async def get(self, env: str) -> Policy:
         return await self.core.policy(env)
@@ -120,14 +141,15 @@ class Policies:
                 )
             except StaleRecord:
                 continue
+            self._cache.pop(env, None)  # this publisher's guard sees the change at once
             return new
         raise ApiError(409, f"the policy of {env!r} is being changed concurrently; retry")
 
     async def guard_direct_write(
         self, env: str, principal: Principal, comment: str | None
     ) -> dict[str, Any] | None:
-        """Rules 1-3: raise ApiError, or return the fields to add to the write's audit entry."""
-        policy = await self.core.policy(env)
+        """Rules 1-4: raise ApiError, or return the fields to add to the write's audit entry."""
+        policy = await self._cached(env)
         note: dict[str, Any] = {}
         if policy.required_approvals > 0:
             if BYPASS_SCOPE not in principal.scopes:

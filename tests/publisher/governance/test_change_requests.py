@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
-from gov_support import BASE, CR, ENV, Gov, flag_body
-from publisher_support import read_topic
+import asyncio
 
-pytestmark = pytest.mark.asyncio
+import pytest
+from gov_support import BASE, CR, ENV, Gov, flag_body, setup_gov
+from publisher_support import ApiFactory, read_topic
+
+from publisher.redis_store import RedisStore
 
 
 # -- policy ------------------------------------------------------------------------------------
@@ -375,3 +377,26 @@ async def test_a_raised_requirement_holds_back_an_approved_request(gov: Gov) -> 
     await gov.policy(requiredApprovals=2)
     status, problem = await gov.call("POST", f"{CR}/{cr['id']}/apply", as_="bob")
     assert status == 409 and "requires 2" in problem["detail"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("cache_seconds", [0.0, 0.3])
+async def test_a_policy_change_reaches_other_publishers_within_the_cache_time(
+    make_api: ApiFactory, redis_url: str, unique_name: str, cache_seconds: float
+) -> None:
+    stores = [RedisStore(redis_url, prefix=f"{unique_name}:") for _ in range(2)]
+    try:
+        first = await setup_gov(await make_api(stores[0]))
+        other = Gov(
+            await make_api(stores[1], policy_cache_seconds=cache_seconds), dict(first.tokens)
+        )
+        await other.ok("PATCH", f"{BASE}/flags/f1", {"salt": "a"}, as_="alice")  # cached: none
+        await first.policy(requiredApprovals=1)
+        if cache_seconds:
+            await asyncio.sleep(cache_seconds + 0.05)
+        status, problem = await other.call("PATCH", f"{BASE}/flags/f1", {"salt": "b"}, as_="alice")
+        assert status == 403 and problem["type"].endswith("/approval-required")
+    finally:
+        await stores[0].delete_all()
+        for store in stores:
+            await store.close()
