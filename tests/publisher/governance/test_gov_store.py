@@ -251,7 +251,15 @@ async def test_the_policy_is_the_record_the_item_writes_check(stores: Stores) ->
     await g.commit_write(upd("cr-1", 1), item_write(2, policy=1), now_ms=5, lease_owner=None)
     outcomes = await s.write_items([item_write(3, salt="unchecked")], atomic=False, now_ms=5)
     assert isinstance(outcomes[0], str)
-    assert json.loads(await s.get_item("prod", "flag", "f1") or b"")["version"] == 3
+    # group commit: one write's stale policy does not fail the others
+    outcomes = await s.write_items(
+        [item_write(4, policy=0, salt="stale"), item_write(4, policy=1, salt="ok")],
+        atomic=False,
+        now_ms=5,
+    )
+    assert isinstance(outcomes[0], PolicyChanged) and isinstance(outcomes[1], str)
+    stored = json.loads(await s.get_item("prod", "flag", "f1") or b"")
+    assert (stored["version"], stored["salt"]) == (4, "ok")
 
 
 async def test_sqlite_records_survive_a_restart(tmp_path: Path) -> None:
