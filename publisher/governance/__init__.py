@@ -13,7 +13,7 @@ Modules, in the order a change meets them:
 - ``change_requests``, ``triggers``, ``rollouts``: the operations, on ``core`` (shared
   parsing, audit entries and the governed write);
 - ``store`` (the ``GovernanceStore`` protocol and its guarantees), ``redis_store``,
-  ``memory_store``;
+  ``memory_store`` (and ``flagstream.embedded.governance`` for the SQLite store);
 - ``scheduler``: due changes and rollout steps, on the lease holder;
 - ``http``, ``openapi``, ``cli``: the API routes, their OpenAPI paths, ``flagstream admin``;
 - ``install``: wiring it all into the publisher app.
