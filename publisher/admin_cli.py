@@ -189,6 +189,10 @@ def _items_path(kind: str, env: str, key: str | None = None) -> str:
 def run(args: argparse.Namespace, client: Client) -> str | Any:
     """Execute the parsed command; return text to print, or a JSON value for --json."""
     cmd = args.command
+    from publisher.governance import cli as governance  # governance commands (imports us)
+
+    if governance.handles(args):
+        return governance.run(args, client)
     comment = {"X-Change-Comment": args.comment} if getattr(args, "comment", None) else {}
 
     if cmd == "env":
@@ -606,7 +610,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--scope",
         action="append",
-        choices=["read", "write", "admin"],
+        choices=["read", "write", "admin", "bypass-approvals"],
         help="repeatable; default read",
     )
     c.add_argument("--env", action="append", help="limit to an environment (repeatable)")
@@ -684,6 +688,9 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("audit", help="an environment's audit log, newest first")
     a.add_argument("env")
     a.add_argument("--limit", type=int, default=20)
+    from publisher.governance.cli import add_commands  # governance commands (imports us)
+
+    add_commands(sub)
     return p
 
 

@@ -97,7 +97,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Resolve the bearer token of every /api/ request into a Principal (401 if none)."""
-    if not request.path.startswith("/api/"):
+    # trigger URLs carry their own credential (governance, publisher.governance.triggers)
+    if not request.path.startswith("/api/") or request.path.startswith("/api/v1/triggers/"):
         return await handler(request)
     secret = parse_bearer(request.headers.get("Authorization"))
     challenge = {"WWW-Authenticate": 'Bearer realm="flagstream"'}
@@ -251,30 +252,27 @@ async def create_environment(request: web.Request) -> web.Response:
 
 async def list_environments(request: web.Request) -> web.Response:
     p = request[_PRINCIPAL]
-    records = await request.app[PUBLISHER].store.list_environments()
-    return _json({"items": [env_view(r) for r in records if p.may("read", r.key)]})
+    records = [
+        r for r in await request.app[PUBLISHER].store.list_environments() if p.may("read", r.key)
+    ]
+    policies = await governance_policy_fields(request.app, [r.key for r in records])
+    return _json({"items": [{**env_view(r), **policies[r.key]} for r in records]})
 
 
 async def get_environment(request: web.Request) -> web.Response:
     env = request.match_info["env"]
     _principal(request, "read", env)
     record = await request.app[PUBLISHER].require_environment(env)
-    return _json(env_view(record))
+    policy = await governance_policy_fields(request.app, [env])  # governance: policy fields
+    return _json({**env_view(record), **policy[env]})
 
 
 async def patch_environment(request: web.Request) -> web.Response:
-    """Client-side settings (publisher/client_settings.py). Issue 15's governance adds policy
-    fields to the same route: a merged handler splits the body by field name."""
-    env = request.match_info["env"]
-    actor = _principal(request, "admin", env)
-    body = await _json_body(request)
-    publisher = request.app[PUBLISHER]
-    result = await publisher.update_client_settings(
-        env, body, actor=actor, comment_header=request.headers.get("X-Change-Comment")
-    )
-    if result is None:  # nothing changed: no new version to wait for
-        return _json(env_view(await publisher.require_environment(env)))
-    return await _answer_write(request, result)
+    """The environment's client-side settings and governance policy fields in one merge
+    patch: ``publisher.governance.http.patch_environment`` (it knows both parts)."""
+    from publisher.governance.http import patch_environment as handler
+
+    return await handler(request)
 
 
 async def rotate_sdk_key(request: web.Request) -> web.Response:
@@ -395,6 +393,8 @@ async def bulk(request: web.Request) -> web.Response:
 
 
 async def audit(request: web.Request) -> web.Response:
+    if AUDIT_FILTERS & request.query.keys():  # governance: ?requestId= / ?actor= filters
+        return await filtered_audit(request)
     env = request.match_info["env"]
     _principal(request, "read", env)
     raw = request.query.get("limit", "50")
@@ -495,4 +495,28 @@ def build_app(settings: PublisherSettings, store: Store, log: RecordLog) -> web.
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
+    # governance (publisher.governance): routes, the direct-write guard, the scheduler
+    install_governance(app, settings, app[PUBLISHER], app[FORWARDER], metrics_)
     return app
+
+
+# -- governance hooks (publisher.governance imports this module, so import it late) --------
+async def governance_policy_fields(app: web.Application, envs: list[str]) -> Any:
+    from publisher.governance.http import policy_fields
+
+    return await policy_fields(app, envs)
+
+
+async def filtered_audit(request: web.Request) -> web.Response:
+    from publisher.governance.http import filtered_audit as handler
+
+    return await handler(request)
+
+
+def install_governance(app: web.Application, *args: Any) -> None:
+    from publisher.governance.install import install_governance as install
+
+    install(app, *args)
+
+
+AUDIT_FILTERS = frozenset({"requestId", "actor"})

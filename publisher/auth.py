@@ -36,8 +36,10 @@ __all__ = [
     "token_sha256",
 ]
 
-Scope = Literal["read", "write", "admin"]
-SCOPES: Final = ("read", "write", "admin")
+Scope = Literal["read", "write", "admin", "bypass-approvals"]
+# bypass-approvals (publisher.governance): direct writes where approvals are required; never
+# implied by admin, only held when granted (the bootstrap admin token holds every scope).
+SCOPES: Final = ("read", "write", "admin", "bypass-approvals")
 _TOKEN_PREFIX: Final = "fst_"
 
 

@@ -8,6 +8,10 @@ Rules, in the order a request meets them:
    "key", "value"?, "ifMatch"?}``: ``value`` is the full item (put) or a JSON merge patch
    (patch), absent for delete; ``ifMatch`` is what the ``If-Match`` header would be (a
    version, ``"3"``, ``"*"``). One operation per item: a key may not appear twice.
+   Then the environment's governance policy guards the request as a whole, like any direct
+   write (``publisher.governance.policy``): 403 where approvals are required (unless
+   ``bypass-approvals``), 400 where a comment is; its audit fields go on every entry, and its
+   policy revision is checked again in the commit of rule 4.
 2. **Everything is validated first**, every operation, and *all* problems are reported, each
    with the operation's index: an invalid operation or item (422), a malformed ``ifMatch``
    (400), an item too large for one Kafka record (413), then, against the current state, a

@@ -127,6 +127,21 @@ class PublisherSettings(BaseSettings):
         default=500, ge=1, le=10_000, description="outbox records sent to Kafka per batch"
     )
 
+    # --- governance (publisher.governance) --------------------------------------------
+    scheduler_interval: float = Field(
+        default=0.5,
+        gt=0,
+        le=60,
+        description="seconds between looks at due scheduled changes and rollout steps "
+        "(on the forwarder lease holder)",
+    )
+    trigger_rate_limit: int = Field(
+        default=10, ge=1, le=10_000, description="calls per trigger URL per rate window"
+    )
+    trigger_rate_window: float = Field(
+        default=60.0, ge=1, le=86_400, description="seconds of a trigger URL's rate window"
+    )
+
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
 
     # --- write path (issue 18) -----------------------------------------------------------

@@ -11,7 +11,8 @@ Rules, in the order a write meets them:
    compare-and-set (its ``expected_version``: If-Match and version bumps) on its own, against
    the state the writes before it left; one write's conflict never fails another. Each caller
    gets its own outcome: the outbox entry id, or the ``VersionConflict`` /
-   ``UnknownEnvironment`` it would have got alone.
+   ``UnknownEnvironment`` / ``PolicyChanged`` (its governance policy revision is no longer
+   the environment's) it would have got alone.
 4. **Order.** Outbox entries are appended in the batch's order, and batches are committed one
    after the other, so the outbox order is the order in which writes were committed, and
    records of one batch are forwarded together (one Kafka batch).

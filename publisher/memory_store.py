@@ -19,6 +19,7 @@ from publisher.store import (
     ItemWrite,
     KafkaRecord,
     OutboxEntry,
+    PolicyChanged,
     TokenRecord,
     UnknownEnvironment,
     VersionConflict,
@@ -41,6 +42,8 @@ class MemoryStore:
         self._tokens: dict[str, TokenRecord] = {}
         self._lease: tuple[str, float] | None = None  # (owner, expires at monotonic)
         self._fence = 0
+        # env -> revision of its governance policy, kept by MemoryGovernanceStore
+        self.policy_revisions: dict[str, int] = {}
 
     async def ping(self) -> None:
         return None
@@ -109,7 +112,7 @@ class MemoryStore:
     ) -> list[WriteOutcome]:
         # Check pass: each write against the state the writes before it would leave.
         pending: dict[tuple[str, str, str], int] = {}
-        failures: list[VersionConflict | UnknownEnvironment | None] = []
+        failures: list[VersionConflict | UnknownEnvironment | PolicyChanged | None] = []
         for w in writes:
             failure = self._check(w, pending)
             failures.append(failure)
@@ -128,9 +131,13 @@ class MemoryStore:
 
     def _check(
         self, w: ItemWrite, pending: dict[tuple[str, str, str], int]
-    ) -> VersionConflict | UnknownEnvironment | None:
+    ) -> VersionConflict | UnknownEnvironment | PolicyChanged | None:
         if w.env not in self._envs:
             return UnknownEnvironment(w.env)
+        if w.policy_revision is not None:
+            policy = self.policy_revisions.get(w.env, 0)
+            if policy != w.policy_revision:
+                return PolicyChanged(policy)
         current = pending.get((w.env, w.kind, w.key))
         if current is None:
             found = self._items.get((w.env, w.kind), {}).get(w.key)

@@ -80,6 +80,36 @@ def _op(
     return op
 
 
+_NULLABLE_BOOL = {"type": ["boolean", "null"]}
+_ENV_PATCH_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "requiredApprovals": {"type": ["integer", "null"], "minimum": 0, "maximum": 5},
+                    "allowSelfApproval": _NULLABLE_BOOL,
+                    "requireComment": _NULLABLE_BOOL,
+                    "critical": _NULLABLE_BOOL,
+                    "secureMode": {"type": "boolean"},
+                    "secureModeSecret": {"type": "string", "minLength": 16, "maxLength": 256},
+                    "rotateSecureModeSecret": {"type": "boolean"},
+                    "allowedOrigins": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "minItems": 1,
+                        "maxItems": 100,
+                    },
+                    "clientStreamMode": {"type": "string", "enum": ["evaluated", "ping"]},
+                    "comment": {"type": ["string", "null"], "maxLength": 2000},
+                },
+                "additionalProperties": False,
+            }
+        }
+    },
+}
+
 _SPEC: Final[dict[str, Any]] = {
     "openapi": "3.1.0",
     "info": {
@@ -130,12 +160,30 @@ _SPEC: Final[dict[str, Any]] = {
         "/api/v1/environments/{env}": {
             "get": _op("Show an environment", params=[_ENV]),
             "patch": _op(
-                "Change client-side settings: secureMode, secureModeSecret, "
-                "rotateSecureModeSecret, allowedOrigins, clientStreamMode (admin scope; a "
-                "generated secure-mode secret is shown once)",
+                "Change the environment's settings with one JSON merge patch (admin scope): "
+                "its governance policy (requiredApprovals 0-5, allowSelfApproval, "
+                "requireComment, critical; null restores a default) and its client-side "
+                "settings (secureMode, secureModeSecret, rotateSecureModeSecret, "
+                "allowedOrigins, clientStreamMode; a generated secure-mode secret is shown "
+                "once). Both parts are validated before either is written; any other field "
+                "is a 422. The answer is the environment with both parts.",
                 params=[_ENV, _COMMENT],
-                body=True,
-                responses=_WRITE_RESPONSES,
+                body=_ENV_PATCH_BODY,
+                responses={
+                    "200": {
+                        "description": "Changed (and, if the environment record changed, "
+                        "acknowledged by Kafka); body: the environment with its policy fields "
+                        "and client-side settings"
+                    },
+                    "202": {
+                        "description": "The environment record changed, Kafka has not "
+                        'acknowledged it yet: {"delivery": "pending", "item": <environment>}'
+                    },
+                    **{
+                        code: _PROBLEM
+                        for code in ("400", "401", "403", "404", "409", "413", "422", "501", "503")
+                    },
+                },
             ),
         },
         "/api/v1/environments/{env}/sdk-keys/rotate": {
@@ -264,4 +312,8 @@ _SPEC: Final[dict[str, Any]] = {
 
 def openapi_spec() -> dict[str, Any]:
     """A copy of the document (callers may modify it)."""
-    return copy.deepcopy(_SPEC)
+    from publisher.governance.openapi import add_governance  # imports this module
+
+    spec = copy.deepcopy(_SPEC)
+    add_governance(spec)  # governance (publisher.governance): its paths, audit filters
+    return spec

@@ -12,6 +12,9 @@ Layout (every key under the configured prefix, ``flagstream:`` by default)::
     {p}token_hashes            hash   secret sha256 -> token id
     {p}forwarder:lease         string owner id, with a TTL
     {p}forwarder:fence         int    fencing token, incremented on every new lease term
+    {p}gov:rev:policy:{env}    hash   env key -> revision of the environment's governance
+                                      policy (written by publisher.governance.redis_store;
+                                      item writes that carry a policy revision check it)
 
 Each write is ONE Lua script (check precondition, store state, XADD outbox, LPUSH audit), so
 Redis applies all of it or none of it, and a replica or AOF replay sees it as one unit.
@@ -42,6 +45,7 @@ from publisher.store import (
     ItemWrite,
     KafkaRecord,
     OutboxEntry,
+    PolicyChanged,
     StoreUnavailable,
     TokenRecord,
     UnknownEnvironment,
@@ -58,15 +62,22 @@ _T = TypeVar("_T")
 # item (a single write, a group commit, a bulk request, and scripts of later features that
 # must do "the same as a write") checks and appends exactly the same way:
 #
-# - _LUA_CHECK_ITEM   check_item(envs, versions, env, key, version, expected, pending) -> nil
-#                     or a failure string: 'noenv' | 'conflict:<current version>'. ``pending``
-#                     maps versions..'\n'..key to versions written earlier in the same script.
+# - _LUA_CHECK_ITEM   check_item(envs, versions, env, key, version, expected, pending,
+#                     policies, policy) -> nil or a failure string: 'noenv' |
+#                     'policy:<current policy revision>' | 'conflict:<current version>'.
+#                     ``pending`` maps versions..'\n'..key to versions written earlier in the
+#                     same script; ``policy`` is the policy revision the write was allowed
+#                     under ('' = not checked), compared with field ``env`` of ``policies``.
 # - _LUA_STORE_ITEM   store_item(items, versions, key, item, version)
 # - _LUA_APPEND       append_records(outbox, audit, env, rkey, rvalue, now, entry, audit_max)
 #                     -> the outbox id: XADD the Kafka record, LPUSH + LTRIM the audit entry.
 _LUA_CHECK_ITEM = """
-local function check_item(envs, versions, env, key, version, expected, pending)
+local function check_item(envs, versions, env, key, version, expected, pending, policies, policy)
   if redis.call('HEXISTS', envs, env) == 0 then return 'noenv' end
+  if policy ~= '' then
+    local rev = redis.call('HGET', policies, env) or '0'
+    if rev ~= policy then return 'policy:' .. rev end
+  end
   local cur = pending[versions .. '\\n' .. key]
   if cur == nil then cur = tonumber(redis.call('HGET', versions, key) or '0') end
   if cur ~= expected or version ~= cur + 1 then return 'conflict:' .. tostring(cur) end
@@ -114,7 +125,7 @@ _WRITE_ITEM = (
     + """
 -- own KEYS: envs, items, versions; own ARGV: key, item, version, expected
 local failure = check_item(KEYS[4], KEYS[6], ARGV[1], ARGV[7], tonumber(ARGV[9]),
-                           tonumber(ARGV[10]), {})
+                           tonumber(ARGV[10]), {}, '', '')
 if failure then return {failure} end
 store_item(KEYS[5], KEYS[6], ARGV[7], ARGV[8], ARGV[9])
 """
@@ -139,9 +150,9 @@ redis.call('HSET', KEYS[5], ARGV[1], ARGV[8])
 # Many item writes in one script (group commit: atomic=0; bulk: atomic=1), see
 # Store.write_items. Returns one string per write: its outbox id, 'noenv' or 'conflict:<n>'
 # ('' for a write not applied because another write of an atomic call failed).
-# KEYS: outbox, write-id marker, envs, then per write: items, versions, audit
+# KEYS: outbox, write-id marker, envs, then per write: items, versions, audit, policies
 # ARGV: now_ms, audit_max, atomic (0|1), n, then per write:
-#       env, key, item, version, expected, rkey, rvalue, audit entry
+#       env, key, item, version, expected, rkey, rvalue, audit entry, policy revision ('')
 _WRITE_ITEMS = (
     _LUA_FRAGMENTS
     + """
@@ -151,10 +162,10 @@ local now, audit_max = ARGV[1], tonumber(ARGV[2])
 local atomic, n = ARGV[3] == '1', tonumber(ARGV[4])
 local pending, fails, failed = {}, {}, false
 for i = 1, n do
-  local k, a = 3 * i, 4 + 8 * (i - 1)
+  local k, a = 3 + 4 * (i - 1), 4 + 9 * (i - 1)
   local version = tonumber(ARGV[a + 4])
   local failure = check_item(KEYS[3], KEYS[k + 2], ARGV[a + 1], ARGV[a + 2], version,
-                             tonumber(ARGV[a + 5]), pending)
+                             tonumber(ARGV[a + 5]), pending, KEYS[k + 4], ARGV[a + 9])
   if failure then
     fails[i], failed = failure, true
   else
@@ -170,7 +181,7 @@ for i = 1, n do
   if fails[i] then
     out[i] = fails[i]
   else
-    local k, a = 3 * i, 4 + 8 * (i - 1)
+    local k, a = 3 + 4 * (i - 1), 4 + 9 * (i - 1)
     store_item(KEYS[k + 1], KEYS[k + 2], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4])
     out[i] = append_records(KEYS[1], KEYS[k + 3], ARGV[a + 1], ARGV[a + 6], ARGV[a + 7], now,
                             ARGV[a + 8], audit_max)
@@ -243,12 +254,15 @@ def _unavailable(
     return wrapper
 
 
-def _failure(status: str, env: str) -> VersionConflict | UnknownEnvironment | None:
-    """The failure a script reported for one write ('noenv', 'conflict:<n>'), else None."""
+def _failure(status: str, env: str) -> VersionConflict | UnknownEnvironment | PolicyChanged | None:
+    """The failure a script reported for one write ('noenv', 'policy:<n>', 'conflict:<n>'),
+    else None."""
     if status == "noenv":
         return UnknownEnvironment(env)
     if status.startswith("conflict:"):
         return VersionConflict(int(status[9:]))
+    if status.startswith("policy:"):
+        return PolicyChanged(int(status[7:]))
     return None
 
 
@@ -375,6 +389,10 @@ class RedisStore:
     def _audit(self, env: str) -> str:
         return self._k("audit", env)
 
+    def _policies(self, env: str) -> str:
+        """The hash holding ``env``'s governance policy revision (field ``env``)."""
+        return self._k("gov", "rev", "policy", env)
+
     @_unavailable
     async def get_item(self, env: str, kind: ItemKind, key: str) -> bytes | None:
         return cast("bytes | None", await self._r.hget(self._items(env, kind), key))
@@ -440,6 +458,7 @@ class RedisStore:
                 self._items(w.env, w.kind),
                 self._k("versions", w.env, w.kind),
                 self._audit(w.env),
+                self._policies(w.env),
             ]
             args += [
                 w.env,
@@ -450,6 +469,7 @@ class RedisStore:
                 w.outbox.key,
                 w.outbox.value,
                 w.audit,
+                "" if w.policy_revision is None else w.policy_revision,
             ]
         raw = await self._write_items(keys=keys, args=args)
         outcomes: list[WriteOutcome] = []

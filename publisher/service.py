@@ -24,16 +24,26 @@ How the hot path avoids work without weakening any of that:
 - The item is encoded to JSON once; the stored value, the Kafka envelope, the audit entry
   and the HTTP answer all reuse those bytes.
 
+Governance (``publisher.governance.policy``) hooks in as ``write_guard``: every direct write
+of a flag or segment (PUT, PATCH, DELETE, and every operation of a bulk request) is first
+shown to the guard, which refuses it (403 where approvals are required, 400 where a comment
+is) or returns a ``GuardNote``: the fields it adds to the write's audit entry and the policy
+revision it decided under. The write carries that revision into its commit, where the store
+checks it in the same atomic step as the version (``PolicyChanged`` otherwise): the guard may
+decide on a remembered policy, but a write never commits under a policy that changed since.
+On ``PolicyChanged`` the guard decides again on the store's policy and the write is rebuilt.
+
 Deletes store a tombstone with a new version, so a later PUT continues the version sequence.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -65,6 +75,7 @@ from publisher.store import (
     ItemKind,
     ItemWrite,
     KafkaRecord,
+    PolicyChanged,
     Store,
     TokenRecord,
     UnknownEnvironment,
@@ -75,8 +86,10 @@ from publisher.store import (
 
 __all__ = [
     "BulkResult",
+    "GuardNote",
     "IfMatch",
     "Publisher",
+    "WriteGuard",
     "WriteResult",
     "env_view",
     "parse_if_match",
@@ -97,6 +110,26 @@ _VALIDATORS: Final[dict[str, Callable[[object], dict[str, Any]]]] = {
     "flag": validate_flag,
     "segment": validate_segment,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class GuardNote:
+    """What the write guard allowed a direct write under (see the module docstring).
+
+    ``audit``: fields added to the write's audit entry (e.g. a bypass of required approvals);
+    ``policy_revision``: the policy revision the store checks at commit (None: unchecked).
+    """
+
+    audit: Mapping[str, Any] | None = None
+    policy_revision: int | None = None
+
+
+_UNGUARDED: Final = GuardNote()
+
+# The governance hook: ``guard(env, principal, comment, fresh)`` raises ApiError to refuse a
+# direct write of a flag or segment, or returns its GuardNote. ``fresh``: decide on the
+# store's policy, not a remembered one (after a PolicyChanged).
+WriteGuard = Callable[[str, Principal, "str | None", bool], Awaitable[GuardNote]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,16 +233,19 @@ def _stale_error(op: BulkOperation, current: int) -> OperationError:
 
 
 def _comment(header: str | None, body: dict[str, Any] | None) -> str | None:
-    """The change comment: ``X-Change-Comment`` header, else a ``comment`` body field (popped)."""
+    """The change comment: ``X-Change-Comment`` header, else a ``comment`` body field (popped).
+
+    A body field is checked even when the header wins: a malformed field is never ignored.
+    """
     from_body = body.pop("comment", None) if body is not None else None
-    value = header if header is not None else from_body
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ApiError(422, "comment: must be a string")
-    if len(value) > _COMMENT_MAX:
-        raise ApiError(422, f"comment: must be at most {_COMMENT_MAX} characters")
-    return value
+    for value in (from_body, header):
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise ApiError(422, "comment: must be a string")
+        if len(value) > _COMMENT_MAX:
+            raise ApiError(422, f"comment: must be at most {_COMMENT_MAX} characters")
+    return header if header is not None else from_body
 
 
 def _validation(kind: str, exc: ValidationError) -> ApiError:
@@ -275,6 +311,14 @@ class Publisher:
         self.committer = GroupCommitter(store, max_writes=group_commit_max)
         self._recent = RecentItems(recent_items)
         self._locks = KeyLocks()
+        self.write_guard: WriteGuard | None = None  # set by publisher.governance
+
+    async def _guard(
+        self, env: str, actor: Principal, comment: str | None, *, fresh: bool = False
+    ) -> GuardNote:
+        if self.write_guard is None:
+            return _UNGUARDED
+        return await self.write_guard(env, actor, comment, fresh)
 
     # -- helpers -------------------------------------------------------------------------
     def _envelope(
@@ -346,16 +390,17 @@ class Publisher:
         *,
         if_match: IfMatch,
         must_exist: bool,
-        actor: str,
+        actor: Principal,
         comment: str | None,
         action: str,
+        guard: GuardNote,
     ) -> WriteResult:
         """Read-build-commit loop (see module docstring); ``build`` gets the live current item."""
         ident: _Ident = (env, kind, key)
         await self._locks.acquire(ident)
         try:
             return await self._commit_item_locked(
-                ident, build, if_match, must_exist, actor, comment, action
+                ident, build, if_match, must_exist, actor, comment, action, guard
             )
         finally:
             self._locks.release(ident)
@@ -366,11 +411,13 @@ class Publisher:
         build: Callable[[dict[str, Any] | None], dict[str, Any]],
         if_match: IfMatch,
         must_exist: bool,
-        actor: str,
+        principal: Principal,
         comment: str | None,
         action: str,
+        guard: GuardNote,
     ) -> WriteResult:
         env, kind, key = ident
+        actor = principal.name
         remembered = True
         for _ in range(_MAX_ATTEMPTS):
             current = self._recent.get(ident) if remembered else None
@@ -410,13 +457,28 @@ class Publisher:
                 after=encoded,
                 comment=comment,
                 now_ms=now,
+                extra=guard.audit,
             )
             outcome = await self.committer.commit(
-                ItemWrite(env, kind, key, encoded, version + 1, version, record, audit)
+                ItemWrite(
+                    env,
+                    kind,
+                    key,
+                    encoded,
+                    version + 1,
+                    version,
+                    record,
+                    audit,
+                    guard.policy_revision,
+                )
             )
             if isinstance(outcome, UnknownEnvironment):
                 self._recent.forget(ident)
                 raise ApiError(404, f"environment {env!r} does not exist")
+            if isinstance(outcome, PolicyChanged):
+                # decided under an older policy: decide again on the store's (may refuse)
+                guard = await self._guard(env, principal, comment, fresh=True)
+                continue
             if isinstance(outcome, VersionConflict):
                 self._recent.forget(ident)
                 if if_match is not None:
@@ -465,6 +527,7 @@ class Publisher:
         _url_key(env, "environment")
         _url_key(key, "key")
         comment = _comment(comment_header, body if isinstance(body, dict) else None)
+        guard = await self._guard(env, actor, comment)
         item = self._prepare_body(kind, key, body)
         return await self._commit_item(
             env,
@@ -473,9 +536,10 @@ class Publisher:
             lambda _live: dict(item),
             if_match=if_match,
             must_exist=False,
-            actor=actor.name,
+            actor=actor,
             comment=comment,
             action="put",
+            guard=guard,
         )
 
     async def patch_item(
@@ -495,6 +559,7 @@ class Publisher:
             raise ApiError(400, "the request body must be a JSON merge patch object (RFC 7386)")
         patch = dict(patch)
         comment = _comment(comment_header, patch)
+        guard = await self._guard(env, actor, comment)
         _check_patch(kind, key, patch)
 
         def build(live: dict[str, Any] | None) -> dict[str, Any]:
@@ -508,9 +573,10 @@ class Publisher:
             build,
             if_match=if_match,
             must_exist=True,
-            actor=actor.name,
+            actor=actor,
             comment=comment,
             action="patch",
+            guard=guard,
         )
 
     async def delete_item(
@@ -526,6 +592,7 @@ class Publisher:
         _url_key(env, "environment")
         _url_key(key, "key")
         comment = _comment(comment_header, None)
+        guard = await self._guard(env, actor, comment)
         return await self._commit_item(
             env,
             kind,
@@ -533,9 +600,10 @@ class Publisher:
             lambda _live: make_tombstone(key, 0),  # version set by _commit_item
             if_match=if_match,
             must_exist=True,
-            actor=actor.name,
+            actor=actor,
             comment=comment,
             action="delete",
+            guard=guard,
         )
 
     # -- bulk ----------------------------------------------------------------------------
@@ -553,6 +621,7 @@ class Publisher:
         ops, shape_errors, body_comment, skip_unchanged = parse_bulk(body)
         comment = _comment(comment_header, {"comment": body_comment})
         await self.require_environment(env)
+        guard = await self._guard(env, actor, comment)  # once for all its operations
         request_id = uuid.uuid4().hex
         total = len(ops) + len(shape_errors)
         for _ in range(_MAX_ATTEMPTS):
@@ -571,7 +640,8 @@ class Publisher:
                 raise bulk_error(errors, total)
             to_write = [p for p in planned if p.item is not None]
             writes = [
-                self._bulk_write(env, p, actor.name, comment, request_id, now) for p in to_write
+                self._bulk_write(env, p, actor.name, comment, request_id, now, guard)
+                for p in to_write
             ]
             if dry_run or not writes:
                 return BulkResult(self._bulk_body(request_id, planned, dry_run), None)
@@ -592,6 +662,9 @@ class Publisher:
                 return BulkResult(self._bulk_body(request_id, planned, False), last)
             if any(isinstance(o, UnknownEnvironment) for _, o in failures):
                 raise ApiError(404, f"environment {env!r} does not exist")
+            if any(isinstance(o, PolicyChanged) for _, o in failures):
+                guard = await self._guard(env, actor, comment, fresh=True)  # may refuse
+                continue
             by_key = {(p.op.kind, p.op.key): p.op for p in planned}
             stale = []
             for w, o in failures:
@@ -682,6 +755,7 @@ class Publisher:
         comment: str | None,
         request_id: str,
         now: int,
+        guard: GuardNote,
     ) -> ItemWrite:
         op, version = planned.op, planned.version
         record = self._envelope(
@@ -705,8 +779,19 @@ class Publisher:
             comment=comment,
             now_ms=now,
             request_id=request_id,
+            extra=guard.audit,
         )
-        return ItemWrite(env, op.kind, op.key, planned.encoded, version, version - 1, record, audit)
+        return ItemWrite(
+            env,
+            op.kind,
+            op.key,
+            planned.encoded,
+            version,
+            version - 1,
+            record,
+            audit,
+            guard.policy_revision,
+        )
 
     @staticmethod
     def _bulk_body(request_id: str, planned: list[_Planned], dry_run: bool) -> dict[str, Any]:
@@ -931,3 +1016,29 @@ class Publisher:
                 body_out["secureModeSecret"] = secret
             return WriteResult(body_out, entry_id, created=False)
         raise ApiError(409, f"environment {env!r} is being changed concurrently; retry")
+
+    # -- governed writes (publisher.governance.core) -----------------------------------
+    # Governance commits its writes itself (one atomic step with its record), but on this
+    # instance's terms: in the item's turn, on the store's state, and telling the
+    # read-your-own-writes memory what it committed.
+    async def stored_item(self, env: str, kind: ItemKind, key: str) -> RecentItem | None:
+        """The store's current state of an item, never a remembered one (None: never
+        existed): what a governed write checks its base version against and builds on."""
+        return await self._stored((env, kind, key))
+
+    @contextlib.asynccontextmanager
+    async def item_turn(self, env: str, kind: ItemKind, key: str) -> AsyncIterator[None]:
+        """This instance's turn to write the item (``keylocks`` rule 1)."""
+        ident: _Ident = (env, kind, key)
+        await self._locks.acquire(ident)
+        try:
+            yield
+        finally:
+            self._locks.release(ident)
+
+    def committed(self, env: str, kind: ItemKind, key: str, state: RecentItem | None) -> None:
+        """What a governed write committed (None: it failed; forget what is remembered)."""
+        if state is None:
+            self._recent.forget((env, kind, key))
+        else:
+            self._recent.put((env, kind, key), state)

@@ -14,6 +14,12 @@ Rules every implementation (Redis: ``redis_store``, in-memory: ``memory_store``)
   if ``write_item`` had been called for each in that order with nothing in between.
   ``atomic=True`` (bulk): every precondition is checked first, and either all writes are
   applied or none.
+- **Policy revision.** An ``ItemWrite`` may carry ``policy_revision``: the revision of its
+  environment's governance policy (``publisher.governance.policy``) that allowed it (0 = no
+  policy was ever stored). ``write_items`` then applies it only if that is still the stored
+  revision, checked in the same atomic step as its version (else ``PolicyChanged``, nothing
+  written): a direct write can never commit under a policy that has changed since its guard
+  looked. ``None`` = not checked (writes made by governance itself, tests).
 - **One format per record.** The outbox record of a write is built by ``outbox_record`` and
   its audit entry by ``audit_entry``, both here; no other code shapes either.
 - **Versions never go back.** A delete stores a tombstone (``deleted: true``) with a new
@@ -33,7 +39,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -47,6 +53,7 @@ __all__ = [
     "ItemWrite",
     "KafkaRecord",
     "OutboxEntry",
+    "PolicyChanged",
     "Store",
     "StoreError",
     "StoreUnavailable",
@@ -80,6 +87,14 @@ class VersionConflict(StoreError):
 
     def __init__(self, current: int) -> None:
         super().__init__(f"current version is {current}")
+        self.current = current
+
+
+class PolicyChanged(StoreError):
+    """The environment's policy revision is not the one the write carried; ``current`` is."""
+
+    def __init__(self, current: int) -> None:
+        super().__init__(f"current policy revision is {current}")
         self.current = current
 
 
@@ -136,12 +151,16 @@ def audit_entry(
     comment: str | None,
     now_ms: int,
     request_id: str | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> bytes:
     """One audit line: who, when, what; ``before``/``after`` are the items' JSON, pre-encoded.
 
     The item JSON is spliced in as it is (it was encoded once, for the store and the Kafka
     record), not parsed and encoded again. ``request_id`` ties the entries of one bulk request
-    together (absent for single writes).
+    (or one change request, trigger, rollout plan) together (absent for single writes).
+    ``extra`` adds fields after ``comment`` (governance: a bypass of required approvals, a
+    critical environment, who approved an applied change request, ...); it cannot replace
+    the fields above.
     """
     head: dict[str, Any] = {
         "id": f"{_ids.getrandbits(128):032x}",
@@ -155,6 +174,8 @@ def audit_entry(
     }
     if request_id is not None:
         head["requestId"] = request_id
+    if extra:
+        head.update({k: v for k, v in extra.items() if k not in head})
     text = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode()
     return b"".join(
         (
@@ -171,7 +192,8 @@ def audit_entry(
 @dataclass(frozen=True, slots=True)
 class ItemWrite:
     """One compare-and-set write of an item, with its outbox record and audit entry (see
-    ``Store.write_item`` for the meaning of each field)."""
+    ``Store.write_item`` for the meaning of each field, and the module docstring for
+    ``policy_revision``)."""
 
     env: str
     kind: ItemKind
@@ -181,10 +203,11 @@ class ItemWrite:
     expected_version: int
     outbox: KafkaRecord
     audit: bytes
+    policy_revision: int | None = None
 
 
 # What ``Store.write_items`` reports for each write: its outbox entry id, or why it failed.
-WriteOutcome = str | VersionConflict | UnknownEnvironment
+WriteOutcome = str | VersionConflict | UnknownEnvironment | PolicyChanged
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +226,7 @@ class TokenRecord:
     id: str
     name: str
     secret_sha256: str
-    scopes: tuple[str, ...]  # subset of ("read", "write", "admin")
+    scopes: tuple[str, ...]  # subset of publisher.auth.SCOPES
     environments: tuple[str, ...] | None  # None = every environment
     created_ms: int
     created_by: str
@@ -274,14 +297,16 @@ class Store(Protocol):
     ) -> list[WriteOutcome]:
         """Apply ``writes`` in order in ONE atomic step; one outcome per write, in order.
 
-        Each write is checked like ``write_item`` (environment exists, stored version equals
-        ``expected_version``, ``version == expected_version + 1``) against the state left by
+        Each write is checked like ``write_item`` (environment exists, its ``policy_revision``
+        if it has one is the environment's, stored version equals ``expected_version``,
+        ``version == expected_version + 1``) against the state left by
         the writes before it in the sequence, so two writes of one key in one call behave as
         two calls in a row. A successful write stores its item and appends its outbox entry
         and audit entry, in sequence order (outbox ids increase along the sequence).
 
         - ``atomic=False`` (group commit): a failed write changes nothing and does not affect
-          the others; its outcome is the ``VersionConflict`` or ``UnknownEnvironment``.
+          the others; its outcome is the ``UnknownEnvironment``, ``PolicyChanged`` or
+          ``VersionConflict``.
         - ``atomic=True`` (bulk): if any write fails, NOTHING is applied, and the outcomes name
           every failure (writes that would have succeeded get an empty string id).
 

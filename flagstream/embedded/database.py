@@ -82,6 +82,25 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX log_records_by_key ON log_records (partition, record_key, offset);
     """,
+    # 2: governance records (publisher.governance.store.GovernanceStore, embedded.governance).
+    # The policy of an environment is the record (policy, env, env); item writes that carry
+    # a policy revision compare it with that row's revision (embedded.store._write_items).
+    """
+    CREATE TABLE gov_records (
+        collection TEXT NOT NULL, env TEXT NOT NULL, id TEXT NOT NULL,
+        revision INTEGER NOT NULL, record BLOB NOT NULL,
+        PRIMARY KEY (collection, env, id)
+    ) WITHOUT ROWID;
+    CREATE TABLE gov_schedule (member TEXT PRIMARY KEY, due_ms INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE INDEX gov_schedule_by_due ON gov_schedule (due_ms, member);
+    CREATE TABLE gov_secrets (
+        sha256 TEXT PRIMARY KEY, env TEXT NOT NULL, id TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE gov_rates (
+        bucket TEXT PRIMARY KEY, window_start INTEGER NOT NULL, calls INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE gov_counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+    """,
 )
 
 

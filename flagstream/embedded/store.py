@@ -34,6 +34,7 @@ from publisher.store import (
     ItemWrite,
     KafkaRecord,
     OutboxEntry,
+    PolicyChanged,
     StoreUnavailable,
     TokenRecord,
     UnknownEnvironment,
@@ -275,7 +276,8 @@ def _write_items(
     # Check pass: each write against the state the writes before it would leave.
     pending: dict[tuple[str, str, str], int] = {}
     known_envs: dict[str, bool] = {}
-    failures: list[VersionConflict | UnknownEnvironment | None] = []
+    policies: dict[str, int] = {}
+    failures: list[VersionConflict | UnknownEnvironment | PolicyChanged | None] = []
     for w in writes:
         exists = known_envs.get(w.env)
         if exists is None:
@@ -284,6 +286,13 @@ def _write_items(
         if not exists:
             failures.append(UnknownEnvironment(w.env))
             continue
+        if w.policy_revision is not None:
+            policy = policies.get(w.env)
+            if policy is None:
+                policy = policies[w.env] = policy_revision(tx, w.env)
+            if policy != w.policy_revision:
+                failures.append(PolicyChanged(policy))
+                continue
         current = pending.get((w.env, w.kind, w.key))
         if current is None:
             row = tx.execute(
@@ -310,6 +319,15 @@ def _write_items(
         _append_audit(tx, w.env, w.audit, audit_max)
         outcomes.append(_enqueue(tx, w.outbox, now_ms))
     return outcomes
+
+
+def policy_revision(tx: sqlite3.Connection, env: str) -> int:
+    """The revision of ``env``'s governance policy (0: none stored; see migration 2)."""
+    row = tx.execute(
+        "SELECT revision FROM gov_records WHERE collection = 'policy' AND env = ?1 AND id = ?1",
+        (env,),
+    ).fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def _append_audit(tx: sqlite3.Connection, env: str, entry: bytes, keep: int) -> None:
