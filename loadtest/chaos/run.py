@@ -576,8 +576,13 @@ async def _read_topic(
     last: dict[tuple[str, str], int] = {}
     largest: dict[tuple[str, str], int] = {}
     stale: list[str] = []
+    # read_committed, as the relays read: a fenced leader's aborted batch is in the log but
+    # never read, and compaction removes it.
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=cluster.kafka.bootstrap, enable_auto_commit=False, group_id=None
+        bootstrap_servers=cluster.kafka.bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        isolation_level="read_committed",
     )
     await consumer.start()
     try:
