@@ -41,6 +41,7 @@ from flagstream.logs import rate_limit
 from protocol.keys import partition_for
 
 __all__ = [
+    "FENCED_MESSAGE",
     "BatchRecordLog",
     "FencingRecordLog",
     "KafkaRecordLog",
@@ -243,6 +244,10 @@ class LogNotReady(ConnectionError):
     """``send_batch`` on a log whose producer must be started again first (see ``ready``)."""
 
 
+# How a fenced batch is reported (and logged by the forwarder; the chaos run counts it).
+FENCED_MESSAGE = "fenced: another publisher started a producer"
+
+
 class LogFenced(ConnectionError):
     """Another publisher started a producer with the same ``transactional.id``: this one was
     deposed, and Kafka refuses (and aborts) whatever it still tries to write."""
@@ -418,8 +423,8 @@ class KafkaRecordLog:
                 failure: BaseException = exc
                 if _fenced(producer, exc):
                     failure = LogFenced(
-                        "fenced: another publisher started a producer with transactional.id "
-                        f"{self.transactional_id!r}; this one can no longer write"
+                        f"{FENCED_MESSAGE} with transactional.id {self.transactional_id!r}; "
+                        "this one can no longer write"
                     )
                 return [failure] * len(records)
         return [None] * len(records)
