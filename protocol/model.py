@@ -131,6 +131,57 @@ def _format(link: _Link) -> str:
 
 def _check_json(value: object) -> None:
     """Raise ValidationError unless ``value`` is plain JSON. Iterative: no recursion limit."""
+    if _plainly_json(value):
+        return
+    _explain_json(value)
+
+
+def _plainly_json(value: object) -> bool:
+    """True if ``value`` is certainly what ``_explain_json`` accepts; False when unsure.
+
+    The fast path of ``_check_json`` (every write validates its whole item): exact JSON types
+    only, no paths kept, containers well within ``MAX_DEPTH``. Anything else (a subclass, a
+    non-finite float, a lone surrogate, a deep value) is left to ``_explain_json``, which
+    decides and names the path.
+    """
+    if type(value) is not dict and type(value) is not list:
+        return False
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    pop = stack.pop
+    push = stack.append
+    while stack:
+        container, depth = pop()
+        if depth >= MAX_DEPTH - 1:
+            return False
+        if type(container) is dict:
+            for k in container:
+                if type(k) is not str or not (k.isascii() or _encodes(k)):
+                    return False
+            children = container.values()
+        else:
+            children = container
+        for v in children:
+            t = type(v)
+            if t is str:
+                if not (v.isascii() or _encodes(v)):
+                    return False
+            elif t is dict or t is list:
+                push((v, depth + 1))
+            elif not (v is None or t is int or t is bool or (t is float and math.isfinite(v))):
+                return False
+    return True
+
+
+def _encodes(s: str) -> bool:
+    try:
+        s.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _explain_json(value: object) -> None:
+    """``_check_json``'s exact rules, keeping the path of every node for the error."""
     stack: list[tuple[object, _Link, int]] = [(value, None, 0)]
     while stack:
         v, link, depth = stack.pop()
