@@ -270,7 +270,10 @@ def _default(obj: dict[str, Any], name: str, default: object) -> object:
 
 
 def _bool_field(obj: dict[str, Any], name: str, path: str, default: bool = False) -> None:
-    if not isinstance(_default(obj, name, default), bool):
+    value = obj.get(name)
+    if value is None:
+        obj[name] = default
+    elif value is not True and value is not False:  # bool has no subclasses
         raise ValidationError(_join(path, name), "must be true or false")
 
 
@@ -379,13 +382,20 @@ def _rollout(value: object, path: str, n: int) -> dict[str, Any]:
         raise ValidationError(vpath, "must not be empty")
     copies = []
     for i, wv in enumerate(weighted):
-        p = f"{vpath}[{i}]"
-        entry = _object(wv, p)
-        _variation(entry.get("variation"), _join(p, "variation"), n)
+        # Paths are formatted only for an error: this runs for every bucket of every write.
+        if not isinstance(wv, dict):
+            raise ValidationError(f"{vpath}[{i}]", "must be an object")
+        entry = dict(wv)
+        variation = entry.get("variation")
+        if type(variation) is not int or not 0 <= variation < n:
+            _variation(variation, f"{vpath}[{i}].variation", n)  # raises
         # Weights need not add up to ROLLOUT_TOTAL: past the last bucket is the last bucket.
-        _int(entry.get("weight"), _join(p, "weight"), -_SAFE_INT, _SAFE_INT)
-        if entry.get("untracked") is not None and not isinstance(entry["untracked"], bool):
-            raise ValidationError(_join(p, "untracked"), "must be true or false")
+        weight = entry.get("weight")
+        if type(weight) is not int or not -_SAFE_INT <= weight <= _SAFE_INT:
+            _int(weight, f"{vpath}[{i}].weight", -_SAFE_INT, _SAFE_INT)  # raises
+        untracked = entry.get("untracked")
+        if untracked is not None and untracked is not True and untracked is not False:
+            raise ValidationError(f"{vpath}[{i}].untracked", "must be true or false")
         copies.append(entry)
     rollout["variations"] = copies
     # Any other kind than "experiment" is a plain rollout; "" bucketBy/contextKind = absent.
@@ -420,33 +430,45 @@ def _rule_common(rule: dict[str, Any], path: str, self_segment: str | None) -> N
         _string(rule["id"], _join(path, "id"))
     cpath = _join(path, "clauses")
     rule["clauses"] = [
-        _clause(c, f"{cpath}[{i}]", self_segment)
+        _clause(c, cpath, i, self_segment)
         for i, c in enumerate(_list(_default(rule, "clauses", []), cpath))
     ]
 
 
-def _clause(value: object, path: str, self_segment: str | None) -> dict[str, Any]:
-    clause = _object(value, path)
+def _clause(value: object, cpath: str, index: int, self_segment: str | None) -> dict[str, Any]:
+    """Clause ``index`` of ``cpath``; its path is formatted only for an error (hot path)."""
+    if not isinstance(value, dict):
+        raise ValidationError(f"{cpath}[{index}]", "must be an object")
+    clause = dict(value)
     op = clause.get("op")
     if not isinstance(op, str):
-        raise ValidationError(_join(path, "op"), "must be an operator name (a string)")
+        raise ValidationError(f"{cpath}[{index}].op", "must be an operator name (a string)")
     # An operator LaunchDarkly's SDKs do not know never matches: accepted, as they do.
-    if op == "segmentMatch":
-        _string(_default(clause, "attribute", ""), _join(path, "attribute"))
-    else:
-        attribute = _string(clause.get("attribute"), _join(path, "attribute"))
-        if not attribute:
-            raise ValidationError(_join(path, "attribute"), "must not be empty")
-    vpath = _join(path, "values")
-    values = _list(_default(clause, "values", []), vpath)
+    attribute = clause.get("attribute")
+    if op == "segmentMatch" and attribute is None:
+        clause["attribute"] = attribute = ""
+    if not isinstance(attribute, str):
+        raise ValidationError(f"{cpath}[{index}].attribute", "must be a string")
+    if not attribute and op != "segmentMatch":
+        raise ValidationError(f"{cpath}[{index}].attribute", "must not be empty")
+    values = clause.get("values")
+    if values is None:
+        values = []
+    elif not isinstance(values, list):
+        raise ValidationError(f"{cpath}[{index}].values", "must be a list")
     # Any JSON value: `in` compares arrays and objects deeply; other operators skip them.
     if op == "segmentMatch" and self_segment is not None and self_segment in values:
         i = values.index(self_segment)
-        raise ValidationError(f"{vpath}[{i}]", "a segment cannot match itself")
+        raise ValidationError(f"{cpath}[{index}].values[{i}]", "a segment cannot match itself")
     clause["values"] = list(values)
-    _bool_field(clause, "negate", path)
-    if clause.get("contextKind") is not None:
-        _string(clause["contextKind"], _join(path, "contextKind"))
+    negate = clause.get("negate")
+    if negate is None:
+        clause["negate"] = False
+    elif negate is not True and negate is not False:
+        raise ValidationError(f"{cpath}[{index}].negate", "must be true or false")
+    kind = clause.get("contextKind")
+    if kind is not None and not isinstance(kind, str):
+        raise ValidationError(f"{cpath}[{index}].contextKind", "must be a string")
     return clause
 
 

@@ -344,6 +344,7 @@ FLAG_ERRORS = [
     ("rules[0].clauses[0].attribute", "", "rules[0].clauses[0].attribute"),
     ("rules[0].clauses[0].values", "x", "rules[0].clauses[0].values"),
     ("rules[0].clauses[0].negate", "yes", "rules[0].clauses[0].negate"),
+    ("rules[0].clauses[0].contextKind", 3, "rules[0].clauses[0].contextKind"),
     ("rules[0].variation", ..., "rules[0]"),
     ("rules[0].variation", 5, "rules[0].variation"),
     ("rules[0].trackEvents", "t", "rules[0].trackEvents"),
