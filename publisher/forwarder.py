@@ -342,7 +342,8 @@ class Forwarder:
             await republish_state(self._store)
             self._republish_pending = False
         self._kicked = False  # a commit from now on kicks again: it may miss this read
-        pending = self._unremoved
+        # A copy: a removal finishing during the read must not make its entries look new.
+        pending = frozenset(self._unremoved)
         rows = await self._store.outbox_read(self._batch + len(pending))
         entries = [e for e in rows if e.id not in pending][: self._batch] if pending else rows
         if not entries:
