@@ -20,6 +20,9 @@ Rules (the same ones Kafka gives flagstream, minus durability across processes):
 - **Epoch.** The log has a random ``topic_id`` like a Kafka topic id; ``recreate()`` empties
   the log and draws a new one, as deleting and re-creating a topic would (readers then see a
   new epoch).
+- **No fencing, no transactions.** The log has exactly one writer, the publisher in the same
+  process, so there is no deposed forwarder to fence (``publisher.log.FencingRecordLog`` is
+  for Kafka): a batch is appended as sent, and every record is "committed" when appended.
 - **Outages.** Setting ``available = False`` makes ``send`` raise ``LogUnavailable`` and
   every reader call raise ``SourceUnavailable``, so outage behaviour can be tested without
   Kafka; setting it back resumes where everything was.

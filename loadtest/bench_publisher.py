@@ -23,6 +23,12 @@ apart and are **not** included in the acknowledged writes/s. Loopback only, boun
 operations sent one after the other (``--import-mode bulk``, what ``flagstream admin import``
 does) or as one PUT per flag from ``--concurrency`` clients (``--import-mode puts``, the only
 way before the bulk endpoint). Reports items/s from the first request to the last answer.
+
+``--kafka-batches N`` measures only the record log, without a publisher: N batches of
+``--kafka-records`` records (~600 bytes, 3 environments) sent one after the other through
+``publisher.log.KafkaRecordLog`` (each batch one transaction: what the forwarder does) and
+through a plain idempotent producer (what the forwarder did before fencing), on a new topic
+of ``--kafka-bootstrap``; reports the time per batch of each (p50/p90/max).
 """
 
 from __future__ import annotations
@@ -232,6 +238,51 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def _run_kafka(args: argparse.Namespace) -> dict[str, Any]:
+    from aiokafka import AIOKafkaProducer
+
+    from protocol.keys import partition_for
+    from publisher.log import KafkaRecordLog
+
+    topic = f"bench.kafka.txn.{int(time.time() * 1000)}"
+    envs = ["prod", "stage", "dev"]
+    records = [
+        (envs[i % 3], f"{envs[i % 3]}/flag/f{i}".encode(), b"x" * 600)
+        for i in range(args.kafka_records)
+    ]
+    log = KafkaRecordLog(args.kafka_bootstrap, topic, create_partitions=6)
+    await log.start()
+    plain = AIOKafkaProducer(
+        bootstrap_servers=args.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=0
+    )
+    await plain.start()
+    times: dict[str, list[float]] = {"transaction": [], "idempotent": []}
+    try:
+        for _ in range(args.kafka_batches):  # interleaved, so both see the same load
+            began = time.perf_counter()
+            outcomes = await log.send_batch(records)
+            times["transaction"].append(time.perf_counter() - began)
+            if any(o is not None for o in outcomes):
+                raise SystemExit(f"bench_publisher: a transaction failed: {outcomes[0]!r}")
+            began = time.perf_counter()
+            futures = [
+                await plain.send(topic, value=v, key=k, partition=partition_for(e, 6))
+                for e, k, v in records
+            ]
+            for future in futures:
+                await future
+            times["idempotent"].append(time.perf_counter() - began)
+    finally:
+        await log.stop()
+        await plain.stop()
+    result: dict[str, Any] = {"batches": args.kafka_batches, "records": args.kafka_records}
+    for name, values in times.items():
+        values.sort()
+        for q, label in ((0.5, "p50"), (0.9, "p90"), (1.0, "max")):
+            result[f"{name}_ms_{label}"] = round(_percentile(values, q) * 1000, 2)
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m loadtest.bench_publisher",
@@ -256,7 +307,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--import-mode", choices=["bulk", "puts"], default="bulk")
     parser.add_argument("--bulk-size", type=int, default=1000, help="operations per bulk request")
+    parser.add_argument(
+        "--kafka-batches", type=int, default=0, help="measure only the record log: N batches"
+    )
+    parser.add_argument("--kafka-records", type=int, default=32, help="records per batch")
+    parser.add_argument(
+        "--kafka-bootstrap", default=os.environ.get("FLAGSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+    )
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.kafka_batches:
+        if not args.kafka_bootstrap.startswith(("127.", "localhost")):
+            print("bench_publisher: a loopback Kafka only (127.0.0.1:PORT)", file=sys.stderr)
+            return 2
+        figures = asyncio.run(_run_kafka(args))
+        if args.json:
+            print(json.dumps(figures, indent=2))
+        else:
+            print(
+                f"{figures['batches']} batches of {figures['records']} records, one after the "
+                f"other: transaction p50 {figures['transaction_ms_p50']} ms, p90 "
+                f"{figures['transaction_ms_p90']} ms, max {figures['transaction_ms_max']} ms; "
+                f"idempotent (no transaction) p50 {figures['idempotent_ms_p50']} ms, p90 "
+                f"{figures['idempotent_ms_p90']} ms, max {figures['idempotent_ms_max']} ms"
+            )
+        return 0
     if not args.token:
         print("bench_publisher: pass --token or set FLAGSTREAM_ADMIN_TOKEN", file=sys.stderr)
         return 2

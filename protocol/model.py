@@ -131,6 +131,57 @@ def _format(link: _Link) -> str:
 
 def _check_json(value: object) -> None:
     """Raise ValidationError unless ``value`` is plain JSON. Iterative: no recursion limit."""
+    if _plainly_json(value):
+        return
+    _explain_json(value)
+
+
+def _plainly_json(value: object) -> bool:
+    """True if ``value`` is certainly what ``_explain_json`` accepts; False when unsure.
+
+    The fast path of ``_check_json`` (every write validates its whole item): exact JSON types
+    only, no paths kept, containers well within ``MAX_DEPTH``. Anything else (a subclass, a
+    non-finite float, a lone surrogate, a deep value) is left to ``_explain_json``, which
+    decides and names the path.
+    """
+    if type(value) is not dict and type(value) is not list:
+        return False
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    pop = stack.pop
+    push = stack.append
+    while stack:
+        container, depth = pop()
+        if depth >= MAX_DEPTH - 1:
+            return False
+        if type(container) is dict:
+            for k in container:
+                if type(k) is not str or not (k.isascii() or _encodes(k)):
+                    return False
+            children = container.values()
+        else:
+            children = container
+        for v in children:
+            t = type(v)
+            if t is str:
+                if not (v.isascii() or _encodes(v)):
+                    return False
+            elif t is dict or t is list:
+                push((v, depth + 1))
+            elif not (v is None or t is int or t is bool or (t is float and math.isfinite(v))):
+                return False
+    return True
+
+
+def _encodes(s: str) -> bool:
+    try:
+        s.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _explain_json(value: object) -> None:
+    """``_check_json``'s exact rules, keeping the path of every node for the error."""
     stack: list[tuple[object, _Link, int]] = [(value, None, 0)]
     while stack:
         v, link, depth = stack.pop()
@@ -219,7 +270,10 @@ def _default(obj: dict[str, Any], name: str, default: object) -> object:
 
 
 def _bool_field(obj: dict[str, Any], name: str, path: str, default: bool = False) -> None:
-    if not isinstance(_default(obj, name, default), bool):
+    value = obj.get(name)
+    if value is None:
+        obj[name] = default
+    elif value is not True and value is not False:  # bool has no subclasses
         raise ValidationError(_join(path, name), "must be true or false")
 
 
@@ -328,13 +382,20 @@ def _rollout(value: object, path: str, n: int) -> dict[str, Any]:
         raise ValidationError(vpath, "must not be empty")
     copies = []
     for i, wv in enumerate(weighted):
-        p = f"{vpath}[{i}]"
-        entry = _object(wv, p)
-        _variation(entry.get("variation"), _join(p, "variation"), n)
+        # Paths are formatted only for an error: this runs for every bucket of every write.
+        if not isinstance(wv, dict):
+            raise ValidationError(f"{vpath}[{i}]", "must be an object")
+        entry = dict(wv)
+        variation = entry.get("variation")
+        if type(variation) is not int or not 0 <= variation < n:
+            _variation(variation, f"{vpath}[{i}].variation", n)  # raises
         # Weights need not add up to ROLLOUT_TOTAL: past the last bucket is the last bucket.
-        _int(entry.get("weight"), _join(p, "weight"), -_SAFE_INT, _SAFE_INT)
-        if entry.get("untracked") is not None and not isinstance(entry["untracked"], bool):
-            raise ValidationError(_join(p, "untracked"), "must be true or false")
+        weight = entry.get("weight")
+        if type(weight) is not int or not -_SAFE_INT <= weight <= _SAFE_INT:
+            _int(weight, f"{vpath}[{i}].weight", -_SAFE_INT, _SAFE_INT)  # raises
+        untracked = entry.get("untracked")
+        if untracked is not None and untracked is not True and untracked is not False:
+            raise ValidationError(f"{vpath}[{i}].untracked", "must be true or false")
         copies.append(entry)
     rollout["variations"] = copies
     # Any other kind than "experiment" is a plain rollout; "" bucketBy/contextKind = absent.
@@ -369,33 +430,45 @@ def _rule_common(rule: dict[str, Any], path: str, self_segment: str | None) -> N
         _string(rule["id"], _join(path, "id"))
     cpath = _join(path, "clauses")
     rule["clauses"] = [
-        _clause(c, f"{cpath}[{i}]", self_segment)
+        _clause(c, cpath, i, self_segment)
         for i, c in enumerate(_list(_default(rule, "clauses", []), cpath))
     ]
 
 
-def _clause(value: object, path: str, self_segment: str | None) -> dict[str, Any]:
-    clause = _object(value, path)
+def _clause(value: object, cpath: str, index: int, self_segment: str | None) -> dict[str, Any]:
+    """Clause ``index`` of ``cpath``; its path is formatted only for an error (hot path)."""
+    if not isinstance(value, dict):
+        raise ValidationError(f"{cpath}[{index}]", "must be an object")
+    clause = dict(value)
     op = clause.get("op")
     if not isinstance(op, str):
-        raise ValidationError(_join(path, "op"), "must be an operator name (a string)")
+        raise ValidationError(f"{cpath}[{index}].op", "must be an operator name (a string)")
     # An operator LaunchDarkly's SDKs do not know never matches: accepted, as they do.
-    if op == "segmentMatch":
-        _string(_default(clause, "attribute", ""), _join(path, "attribute"))
-    else:
-        attribute = _string(clause.get("attribute"), _join(path, "attribute"))
-        if not attribute:
-            raise ValidationError(_join(path, "attribute"), "must not be empty")
-    vpath = _join(path, "values")
-    values = _list(_default(clause, "values", []), vpath)
+    attribute = clause.get("attribute")
+    if op == "segmentMatch" and attribute is None:
+        clause["attribute"] = attribute = ""
+    if not isinstance(attribute, str):
+        raise ValidationError(f"{cpath}[{index}].attribute", "must be a string")
+    if not attribute and op != "segmentMatch":
+        raise ValidationError(f"{cpath}[{index}].attribute", "must not be empty")
+    values = clause.get("values")
+    if values is None:
+        values = []
+    elif not isinstance(values, list):
+        raise ValidationError(f"{cpath}[{index}].values", "must be a list")
     # Any JSON value: `in` compares arrays and objects deeply; other operators skip them.
     if op == "segmentMatch" and self_segment is not None and self_segment in values:
         i = values.index(self_segment)
-        raise ValidationError(f"{vpath}[{i}]", "a segment cannot match itself")
+        raise ValidationError(f"{cpath}[{index}].values[{i}]", "a segment cannot match itself")
     clause["values"] = list(values)
-    _bool_field(clause, "negate", path)
-    if clause.get("contextKind") is not None:
-        _string(clause["contextKind"], _join(path, "contextKind"))
+    negate = clause.get("negate")
+    if negate is None:
+        clause["negate"] = False
+    elif negate is not True and negate is not False:
+        raise ValidationError(f"{cpath}[{index}].negate", "must be true or false")
+    kind = clause.get("contextKind")
+    if kind is not None and not isinstance(kind, str):
+        raise ValidationError(f"{cpath}[{index}].contextKind", "must be a string")
     return clause
 
 

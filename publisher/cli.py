@@ -138,6 +138,7 @@ async def _serve(settings: PublisherSettings) -> int:
         create_partitions=settings.topic_partitions,
         replication_factor=settings.topic_replication_factor,
         request_timeout_ms=int(settings.kafka_request_timeout * 1000),
+        transactional_id=settings.transactional_id,
     )
     app = build_app(settings, store, log)
     # A connection that sends no complete request for 75 s is closed (aiohttp's default is

@@ -126,6 +126,13 @@ class PublisherSettings(BaseSettings):
     forward_batch: int = Field(
         default=500, ge=1, le=10_000, description="outbox records sent to Kafka per batch"
     )
+    transactional_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=249,
+        description="Kafka transactional.id shared by every publisher of this deployment, so "
+        "a new forwarder leader fences the old one (default: flagstream-publisher.<topic>)",
+    )
 
     # --- governance (publisher.governance) --------------------------------------------
     scheduler_interval: float = Field(

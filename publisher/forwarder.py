@@ -7,14 +7,31 @@ Rules:
   sending as soon as its last successful renewal is older than ``ttl/2``, so a deposed leader
   stops well before another instance can take over. Removal from the outbox is fenced: a
   deposed leader (stale fencing token) removes nothing.
+- **Kafka fences a deposed leader.** Time alone cannot stop a leader that was paused (or cut
+  from Redis) with a batch in flight. With a ``FencingRecordLog`` (Kafka: a transactional
+  producer whose ``transactional.id`` all publishers share) every new lease term starts the
+  log first, before reading the outbox: that start fences every producer any earlier leader
+  started, so whatever a deposed leader still sends is refused, and its open transaction is
+  aborted (relays read ``read_committed``: they never see it). The log is started again
+  only by the lease holder, at the start of a step and never in the middle of one, so a
+  producer only ever sends records read from the outbox after it was started: a batch read
+  before a fence can never land after another leader's records.
 - **Order.** The outbox is read oldest first, a batch at a time; the batch's sends are started
   in that order (``RecordLog`` keeps the order of started sends per partition), so each
   environment's records reach Kafka in commit order.
 - **Removal only after acknowledgement.** After a batch, the longest acknowledged *prefix* is
-  removed, then its writers are told. If a send failed, everything from the first failure on
-  is sent again after a backoff, in order, even records after it that were acknowledged: the
-  log then ends with the right order for every item, at the cost of duplicates
-  (at-least-once; relays and SDKs ignore a version they already hold).
+  removed, then its writers are told (with a transactional log a batch is all or nothing: a
+  fenced or aborted transaction removes nothing). If a send failed, everything from the first
+  failure on is sent again after a backoff, in order, even records after it that were
+  acknowledged: the log then ends with the right order for every item, at the cost of
+  duplicates (at-least-once; relays and SDKs ignore a version they already hold).
+- **Pipelined removal.** A committed batch is removed from the outbox (then its writers are
+  answered) while the next batch is read and sent: removals run one after the other in
+  commit order, and a batch's removal waits for the one before it. The next read skips the
+  entries whose removal is still pending. If a removal fails, the removals after it are not
+  attempted and the next step starts over from the oldest entry left in the outbox (sent
+  again, in order: at-least-once), so the outbox never loses an older entry while keeping a
+  newer one.
 - **Kafka down.** Sends fail or time out; the forwarder keeps retrying with exponential backoff
   (capped), never skipping, never reordering. Redis down: same, the lease is re-acquired after.
 - **A topic the log created is filled first.** When the record log (re)creates the topic (at
@@ -23,11 +40,10 @@ Rules:
   to the store's state. Until that succeeded it is retried before any other step.
 - **Configuration errors** (``TopicConfigError``: e.g. more replicas than brokers) are logged
   as errors naming the setting to change; retrying continues at the capped backoff.
-- **One batch, one send.** A batch is handed to the record log as one ``send_records`` call
-  (``BatchRecordLog.send_batch`` when the log has it): one lock acquisition, the records
-  enqueued in outbox order, one outcome per record. A batch is therefore the natural unit of
-  a Kafka transaction. Group-committed writes are adjacent in the outbox, so the records of
-  one group usually travel in one batch.
+- **One batch, one transaction.** A batch is handed to the record log as one
+  ``send_records`` call (``BatchRecordLog.send_batch`` when the log has it), which the Kafka
+  log sends as one transaction. Group-committed writes are adjacent in the outbox, so the
+  records of one group usually travel in one batch.
 - **Notification, not polling.** A commit on this instance kicks the forwarder at once; a
   batch that emptied the outbox is not followed by a re-read until the next kick (or the
   ``idle_poll`` fallback, which picks up entries committed by other instances). When a batch
@@ -47,7 +63,14 @@ import logging
 import time
 import uuid
 
-from publisher.log import RecordLog, TopicConfigError, TopicCreationAware, send_records
+from publisher.log import (
+    FencingRecordLog,
+    LogFenced,
+    RecordLog,
+    TopicConfigError,
+    TopicCreationAware,
+    send_records,
+)
 from publisher.metrics import PublisherMetrics
 from publisher.republish import republish_state
 from publisher.store import OutboxEntry, Store, StoreUnavailable
@@ -96,6 +119,11 @@ class Forwarder:
         self._fence: int | None = None
         self._renewed_at = 0.0  # monotonic time of the last successful lease renewal
         self._log_started = False
+        self._log_term: int | None = None  # the lease term in which the log was last started
+        # Committed batches whose removal from the outbox is pending, oldest first: the
+        # last removal task (each awaits the one before it) and the ids not yet removed.
+        self._removing: asyncio.Task[None] | None = None
+        self._unremoved: set[str] = set()
         self._republish_pending = False
         self.kafka_ok = False  # last Kafka operation succeeded (for /readyz detail)
         self._tasks: list[asyncio.Task[None]] = []
@@ -117,6 +145,8 @@ class Forwarder:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
+        with contextlib.suppress(Exception):  # a committed batch's removal, bounded
+            await asyncio.wait_for(self._settle_removals(), 5.0)
         if self._fence is not None:
             with contextlib.suppress(Exception):
                 await self._store.release_lease(self.owner)
@@ -126,6 +156,7 @@ class Forwarder:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._log.stop(), 15.0)
             self._log_started = False
+            self._log_term = None
 
     @property
     def is_leader(self) -> bool:
@@ -277,31 +308,52 @@ class Forwarder:
         if isinstance(self._log, TopicCreationAware) and self._log.take_topic_created():
             self._republish_pending = True
 
+    def _log_needs_start(self, fence: int) -> bool:
+        if not self._log_started:
+            return True
+        if isinstance(self._log, FencingRecordLog):
+            # A new term starts with a start (fencing every earlier leader's producer), and a
+            # failed transaction leaves the log unusable until started again.
+            return self._log_term != fence or not self._log.ready
+        return False
+
     async def _step(self) -> bool:
         """Forward one batch; True if it made progress. Raises on store or log failure."""
+        self._check_removals()
         fence = self._fence
         if fence is None or not self._lease_fresh():
+            await self._settle_removals()
             self._metrics.outbox_depth.set(await self._store.outbox_depth())
             return False
-        if not self._log_started:
+        if self._log_needs_start(fence):
             # The gauge must follow the outbox even while Kafka is unreachable.
             self._metrics.outbox_depth.set(await self._store.outbox_depth())
+            # Nothing read before this start may be sent by the producer it creates.
+            await self._settle_removals()
             await self._log.start()
             self._log_started = True
+            self._log_term = fence
             self.kafka_ok = True
+            if not self._lease_fresh() or fence != self._fence:
+                return False  # deposed while starting: the next step sees it
         self._check_topic_created()
         if self._republish_pending:
+            await self._settle_removals()
             await republish_state(self._store)
             self._republish_pending = False
         self._kicked = False  # a commit from now on kicks again: it may miss this read
-        entries = await self._store.outbox_read(self._batch)
+        # A copy: a removal finishing during the read must not make its entries look new.
+        pending = frozenset(self._unremoved)
+        rows = await self._store.outbox_read(self._batch + len(pending))
+        entries = [e for e in rows if e.id not in pending][: self._batch] if pending else rows
         if not entries:
-            self._metrics.outbox_depth.set(0)
+            if not pending:
+                self._metrics.outbox_depth.set(0)
             return False
         if fence != self._fence or not self._lease_fresh():
             return False  # lost the lease while reading: the new leader sends these
         results = await self._send_all(entries)
-        self._check_topic_created()  # a failed send reconnects, which may create the topic
+        self._check_topic_created()
         acked: list[OutboxEntry] = []
         failure: BaseException | None = None
         for entry, result in zip(entries, results, strict=True):
@@ -310,27 +362,72 @@ class Forwarder:
                 break
             acked.append(entry)
         if acked:
-            now_ms = time.time() * 1000
-            # Removed first, then their writers answered: a 200/201 also means the record has
-            # left the outbox (what operators and tests see in the outbox depth).
-            await self._store.outbox_remove([e.id for e in acked], owner=self.owner, fence=fence)
-            self._notify(acked)
             self.kafka_ok = True
-            observe = self._metrics.forward_latency.observe
-            for entry in acked:
-                observe(max(0.0, (now_ms - entry.enqueued_ms) / 1000))
-            self._metrics.records_forwarded.inc(len(acked))
+            self._unremoved.update(e.id for e in acked)
+            self._removing = asyncio.create_task(
+                self._remove(self._removing, acked, fence), name="forwarder-remove"
+            )
         now = time.monotonic()
         if failure is not None or now - self._depth_at > 0.5:
             # one XLEN per half second is plenty for a gauge, and keeps the hot path short
             self._depth_at = now
             self._metrics.outbox_depth.set(await self._store.outbox_depth())
         if failure is not None:
+            await self._settle_removals()
+            if isinstance(failure, LogFenced):
+                _log.warning(
+                    "forwarder %s: %s; nothing of the batch was written, it stays in the outbox",
+                    self.owner,
+                    failure,
+                )
             raise failure
         # A short batch emptied the outbox (as far as this instance can tell): wait for the
         # next kick instead of reading an empty outbox again.
         self._drained = len(entries) < self._batch and not self._kicked
         return True
+
+    async def _remove(
+        self, before: asyncio.Task[None] | None, acked: list[OutboxEntry], fence: int
+    ) -> None:
+        """Remove a committed batch after the batch before it was removed, then answer its
+        writers. Raises (and so fails the removals after it) if any removal failed."""
+        if before is not None:
+            await before
+        ids = [e.id for e in acked]
+        now_ms = time.time() * 1000
+        # Removed first, then their writers answered: a 200/201 also means the record has left
+        # the outbox (what operators and tests see in the outbox depth).
+        await self._store.outbox_remove(ids, owner=self.owner, fence=fence)
+        self._unremoved.difference_update(ids)
+        self._notify(acked)
+        observe = self._metrics.forward_latency.observe
+        for entry in acked:
+            observe(max(0.0, (now_ms - entry.enqueued_ms) / 1000))
+        self._metrics.records_forwarded.inc(len(acked))
+
+    def _check_removals(self) -> None:
+        """Raise the failure of a finished removal (the next step starts over)."""
+        task = self._removing
+        if task is not None and task.done():
+            self._removing = None
+            if not task.cancelled() and task.exception() is not None:
+                self._unremoved.clear()  # not removed: read again and sent again, in order
+                raise task.exception()  # type: ignore[misc]
+
+    async def _settle_removals(self) -> None:
+        """Wait for the pending removals; on failure forget them (they are read again)."""
+        task, self._removing = self._removing, None
+        if task is None:
+            return
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise
+            self._unremoved.clear()
+        except Exception:
+            self._unremoved.clear()
+            _log.debug("outbox removal failed; the entries will be sent again", exc_info=True)
 
 
 def _resolve(future: asyncio.Future[bool], value: bool) -> None:

@@ -7,15 +7,21 @@ Guarantees a ``RecordLog`` gives the forwarder:
   been written (the caller sends it again: at-least-once).
 - **Order.** Records whose ``send`` calls *started* in a given order and target the same
   partition are appended in that order, even when the calls run concurrently (the forwarder
-  pipelines a batch of sends). The Kafka implementation enqueues under a FIFO lock into an
-  idempotent producer (``enable_idempotence=True``), which keeps per-partition order across
-  its internal retries and never duplicates a record it retried itself.
+  pipelines a batch of sends). The Kafka implementation runs one transaction at a time under
+  a FIFO lock, on an idempotent producer (``enable_idempotence=True``), which keeps
+  per-partition order across its internal retries and never duplicates a record it retried
+  itself.
 - **Partitioning.** The partition is ``protocol.keys.partition_for(partition_env, partitions())``,
   set explicitly on every record: every record of one environment lands in one partition.
 - **Batches.** A log may also implement ``BatchRecordLog.send_batch``: the records of one
-  forwarder batch, enqueued in order in one step, with one outcome per record. One batch is
-  the unit a transactional producer would commit as one transaction (begin before the first
-  record, commit after the last); the outcomes then become all-or-nothing.
+  forwarder batch, enqueued in order in one step, with one outcome per record. The Kafka log
+  sends each batch as ONE transaction: the outcomes are all or nothing.
+- **Fencing.** A log may also implement ``FencingRecordLog`` (the Kafka log does): every
+  ``start`` fences every producer started before it by any publisher of the deployment (a
+  shared Kafka ``transactional.id``), and after a failure the log stays not ``ready`` until
+  the caller starts it again. The in-memory and SQLite logs (``flagstream.memlog``,
+  ``flagstream.embedded.log``) have exactly one writer, the publisher in the same process,
+  so there is no one to fence: they implement neither, and every batch is appended as sent.
 """
 
 from __future__ import annotations
@@ -23,24 +29,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import aiokafka.producer.sender as _aiokafka_sender
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import InvalidProducerEpoch, KafkaTimeoutError, ProducerFenced
 
 from flagstream.logs import rate_limit
 from protocol.keys import partition_for
 
 __all__ = [
+    "FENCED_MESSAGE",
     "BatchRecordLog",
+    "FencingRecordLog",
     "KafkaRecordLog",
+    "LogFenced",
+    "LogNotReady",
     "RecordLog",
     "TopicConfigError",
     "TopicCreationAware",
     "check_topic_config",
+    "default_transactional_id",
     "ensure_topic",
     "send_records",
 ]
@@ -56,10 +67,15 @@ _CONFIG_ERRORS = {
     40: "INVALID_CONFIG",
     17: "INVALID_TOPIC_EXCEPTION",
 }
-_RECONNECT_COOLDOWN = 1.0  # seconds
 # While the topic is missing, aiokafka refreshes metadata every ``retry_backoff_ms`` and logs
 # an ERROR each time: back off more than its 100 ms default, and rate-limit that logger.
 _RETRY_BACKOFF_MS = 500
+# A transaction's first AddPartitionsToTxn often arrives while the coordinator still writes
+# the previous transaction's commit markers and is answered CONCURRENT_TRANSACTIONS; aiokafka
+# then waits this long (20 ms by default, its own shortcut for this case) before asking again.
+# With one transaction per forwarder batch that wait was most of a batch's time (BENCHMARKS.md,
+# "fencing"): ask again after 2 ms instead. The retry is one small request to the coordinator.
+_aiokafka_sender.BACKOFF_OVERRIDE = 0.002
 
 
 class TopicConfigError(RuntimeError):
@@ -108,6 +124,21 @@ async def send_records(log: RecordLog, records: Sequence[tuple[str, bytes, bytes
             *(log.send(env, key, value) for env, key, value in records), return_exceptions=True
         )
     )
+
+
+@runtime_checkable
+class FencingRecordLog(Protocol):
+    """A ``RecordLog`` whose ``start`` fences every earlier producer of the deployment.
+
+    ``ready`` is False after any failed batch (fenced, broker gone, transaction aborted)
+    until ``start`` is called again. A start is what fences the others, so the log never
+    does it by itself: the forwarder starts it only while it holds the lease, and sends
+    only records it read from the outbox *after* that start.
+    """
+
+    @property
+    def ready(self) -> bool:
+        """The producer of the last ``start`` can still commit."""
 
 
 @runtime_checkable
@@ -204,12 +235,42 @@ async def check_topic_config(
         raise _replication_error(topic, replication_factor, brokers)
 
 
-class KafkaRecordLog:
-    """``RecordLog`` on an idempotent aiokafka producer with ``acks="all"``.
+def default_transactional_id(topic: str) -> str:
+    """The ``transactional.id`` every publisher of a deployment shares unless configured."""
+    return f"flagstream-publisher.{topic}"
 
-    ``start`` creates the topic (compacted) if it is missing. After a failed send the producer
-    is replaced before the next send: an idempotent producer whose batch expired may have a
-    broken sequence, and a fresh producer id is the simple way back to a clean state.
+
+class LogNotReady(ConnectionError):
+    """``send_batch`` on a log whose producer must be started again first (see ``ready``)."""
+
+
+# How a fenced batch is reported (and logged by the forwarder; the chaos run counts it).
+FENCED_MESSAGE = "fenced: another publisher started a producer"
+
+
+class LogFenced(ConnectionError):
+    """Another publisher started a producer with the same ``transactional.id``: this one was
+    deposed, and Kafka refuses (and aborts) whatever it still tries to write."""
+
+
+class KafkaRecordLog:
+    """``RecordLog`` on a transactional aiokafka producer (``acks="all"``, idempotent).
+
+    Fencing: every publisher of a deployment uses the same ``transactional_id`` (by default
+    ``default_transactional_id(topic)``). Each ``start`` creates a producer whose
+    ``InitProducerId`` bumps that id's epoch on the transaction coordinator, which aborts
+    any transaction an earlier producer of the id left open and makes Kafka refuse every
+    later request of those earlier producers (``ProducerFenced``). So once a new forwarder
+    leader has started its log, a deposed one can never append again: its in-flight batch
+    is aborted, and readers at ``read_committed`` (the relays) never see it.
+
+    Each ``send_batch`` is one transaction: begin, the records in order, commit. Its
+    outcomes are all or nothing: every record is acknowledged (committed) or every record
+    carries the failure. After any failure the log is not ``ready`` until ``start`` is
+    called again; it never restarts by itself, because a start fences every other
+    publisher: only the lease holder may do it, before it reads the outbox (a batch read
+    before a start must never be sent by the started producer; ``publisher.forwarder``).
+    ``start`` also creates the topic (compacted) if it is missing.
     """
 
     def __init__(
@@ -224,21 +285,27 @@ class KafkaRecordLog:
         # The forwarder hands over a whole batch in one event-loop turn, so the producer has
         # nothing to wait for: lingering would only add its time to every write's latency.
         linger_ms: int = 0,
+        transactional_id: str | None = None,
+        # A transaction lives for milliseconds; a producer killed inside one leaves it open
+        # until the next start of the id (the next leader) or this timeout aborts it.
+        transaction_timeout_ms: int = 30_000,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
+        self.transactional_id = transactional_id or default_transactional_id(topic)
         self._create_partitions = create_partitions
         self._replication_factor = replication_factor
         self._request_timeout_ms = request_timeout_ms
         self._max_request_size = max_request_size
         self._linger_ms = linger_ms
+        self._transaction_timeout_ms = transaction_timeout_ms
         self._producer: AIOKafkaProducer | None = None
         self._broken = False
-        self._restart_failed_at = -_RECONNECT_COOLDOWN
         self._partitions: int | None = None
         self._topic_created = False
+        self.starts = 0  # producers started (each one fenced the ones before it)
         rate_limit("aiokafka.cluster")
-        # FIFO: asyncio.Lock wakes waiters in arrival order, so enqueue order = call order.
+        # FIFO: asyncio.Lock wakes waiters in arrival order, so transaction order = call order.
         self._enqueue = asyncio.Lock()
 
     def _new_producer(self) -> AIOKafkaProducer:
@@ -246,8 +313,14 @@ class KafkaRecordLog:
             bootstrap_servers=self.bootstrap,
             acks="all",
             enable_idempotence=True,
+            transactional_id=self.transactional_id,
+            transaction_timeout_ms=self._transaction_timeout_ms,
             request_timeout_ms=self._request_timeout_ms,
             max_request_size=self._max_request_size,
+            # One record batch may fill a request: a bulk write of 1,000 ~1 KB items goes to
+            # one partition in one or two produce requests, not in 60 of 16 KB one after
+            # the other (the producer has one request in flight per broker).
+            max_batch_size=self._max_request_size // 2,
             linger_ms=self._linger_ms,
             retry_backoff_ms=_RETRY_BACKOFF_MS,
         )
@@ -256,35 +329,52 @@ class KafkaRecordLog:
         created, self._topic_created = self._topic_created, False
         return created
 
+    @property
+    def ready(self) -> bool:
+        """True while the producer of the last ``start`` can still commit transactions."""
+        return self._producer is not None and not self._broken
+
     async def start(self) -> None:
-        if await ensure_topic(
-            self.bootstrap,
-            self.topic,
-            partitions=self._create_partitions,
-            replication_factor=self._replication_factor,
-            timeout_ms=self._request_timeout_ms,
-        ):
-            self._topic_created = True
-        producer = self._new_producer()
-        try:
-            await producer.start()
-            parts = await producer.partitions_for(self.topic)
-        except BaseException:
-            await producer.stop()
-            raise
-        self._partitions = len(parts)
-        self._producer = producer
-        self._broken = False
+        """(Re)start: create the topic if missing, then a new producer, fencing every earlier
+        producer of ``transactional_id`` (this log's own included). Bounded in time."""
+        async with self._enqueue:
+            await self._close_producer()
+            if await ensure_topic(
+                self.bootstrap,
+                self.topic,
+                partitions=self._create_partitions,
+                replication_factor=self._replication_factor,
+                timeout_ms=self._request_timeout_ms,
+            ):
+                self._topic_created = True
+            producer = self._new_producer()
+            try:
+                # aiokafka's start retries InitProducerId for as long as the coordinator is
+                # unavailable: bound it; the forwarder backs off and starts again.
+                await asyncio.wait_for(producer.start(), self._request_timeout_ms / 1000)
+                parts = await producer.partitions_for(self.topic)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(producer.stop(), self._request_timeout_ms / 1000)
+                raise
+            self._partitions = len(parts)
+            self._producer = producer
+            self._broken = False
+            self.starts += 1
 
     async def stop(self) -> None:
         """Stop the producer; bounded, as the broker may be down (unsent records stay in the
         outbox and are sent again by the next forwarder)."""
+        await self._close_producer()
+
+    async def _close_producer(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
+            _consume_batch_failures(producer)
             try:
                 await asyncio.wait_for(producer.stop(), self._request_timeout_ms / 1000)
-            except TimeoutError:
-                _log.warning("Kafka producer did not stop in time; abandoning it")
+            except Exception:  # TimeoutError (broker down) or a fenced producer's error
+                _log.debug("Kafka producer did not stop cleanly; abandoning it", exc_info=True)
 
     async def partitions(self) -> int:
         if self._partitions is None:
@@ -292,75 +382,117 @@ class KafkaRecordLog:
         return self._partitions
 
     async def send(self, partition_env: str, key: bytes, value: bytes) -> None:
-        async with self._enqueue:
-            producer = await self._usable_producer()
-            partition = partition_for(partition_env, await self.partitions())
-            try:
-                future = await producer.send(self.topic, value=value, key=key, partition=partition)
-            except BaseException:
-                self._broken = True
-                raise
-        try:
-            await future
-        except BaseException:
-            if producer is self._producer:
-                self._broken = True
-            raise
+        """One record in a transaction of its own (the forwarder uses ``send_batch``)."""
+        (result,) = await self.send_batch([(partition_env, key, value)])
+        if isinstance(result, BaseException):
+            raise result
 
     async def send_batch(self, records: Sequence[tuple[str, bytes, bytes]]) -> list[object]:
-        """Enqueue every record under the FIFO lock (one acquisition, in order), then wait."""
-        results: list[object] = [None] * len(records)
-        futures: list[tuple[int, asyncio.Future[Any]]] = []
+        """The records in order, as ONE transaction: all acknowledged, or all failed."""
+        if not records:
+            return []
         async with self._enqueue:
-            producer = None
-            for i, (env, key, value) in enumerate(records):
-                if producer is None:
-                    try:
-                        producer = await self._usable_producer()
-                        count = await self.partitions()
-                    except Exception as exc:
-                        results[i:] = [exc] * (len(records) - i)
-                        break
-                try:
-                    future = await producer.send(
-                        self.topic, value=value, key=key, partition=partition_for(env, count)
-                    )
-                except Exception as exc:
-                    self._broken = True
-                    # Later records must not overtake this one: fail them too (sent again).
-                    results[i:] = [exc] * (len(records) - i)
-                    break
-                futures.append((i, future))
-        for i, future in futures:
+            producer = self._producer
+            if producer is None or self._broken:
+                return [LogNotReady("the Kafka producer must be started again")] * len(records)
+            count = await self.partitions()
+            topic = self.topic
+            futures: list[asyncio.Future[Any]] = []
             try:
-                await future
+                # aiokafka retries a transaction's requests for as long as the broker answers
+                # with a retriable error (e.g. the topic was deleted): bound it, so the
+                # forwarder starts the log again (which re-creates the topic).
+                async with asyncio.timeout(self._request_timeout_ms / 1000):
+                    await producer.begin_transaction()
+                    for partition, batch in _batches(producer, records, count):
+                        futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    await producer.commit_transaction()
+                    for future in futures:  # all done once committed; a failure shows here
+                        await future
+            except TimeoutError:
+                self._broken = True
+                _retrieve(futures)
+                stalled = KafkaTimeoutError(
+                    f"the transaction was not committed within {self._request_timeout_ms} ms"
+                )
+                return [stalled] * len(records)
             except Exception as exc:
-                results[i] = exc
-                if producer is self._producer:
-                    self._broken = True
-        return results
+                # Whatever failed (fenced, broker gone, a record refused), the transaction did
+                # not commit: Kafka aborts it, or the next start of this id does.
+                self._broken = True
+                _retrieve(futures)
+                failure: BaseException = exc
+                if _fenced(producer, exc):
+                    failure = LogFenced(
+                        f"{FENCED_MESSAGE} with transactional.id {self.transactional_id!r}; "
+                        "this one can no longer write"
+                    )
+                return [failure] * len(records)
+        return [None] * len(records)
 
-    async def _usable_producer(self) -> AIOKafkaProducer:
-        """The producer, restarted first if the last send broke it (call under the lock)."""
-        if self._producer is None or self._broken:
-            # Fail fast after a failed reconnect: the other sends of the same batch must
-            # not each wait a full connect timeout (the forwarder backs off and retries).
-            if time.monotonic() - self._restart_failed_at < _RECONNECT_COOLDOWN:
-                raise KafkaConnectionError("Kafka is unreachable (reconnect failed)")
-            try:
-                await self._restart()
-            except Exception:
-                self._restart_failed_at = time.monotonic()
-                raise
-        assert self._producer is not None
-        return self._producer
 
-    async def _restart(self) -> None:
-        old, self._producer = self._producer, None
-        if old is not None:
-            try:
-                # Stopping flushes pending batches; bounded, as the broker may be down.
-                await asyncio.wait_for(old.stop(), self._request_timeout_ms / 1000)
-            except Exception:  # the old producer is being discarded anyway
-                _log.debug("error stopping a broken producer", exc_info=True)
-        await self.start()
+def _fenced(producer: AIOKafkaProducer, exc: BaseException) -> bool:
+    """Whether a failed transaction failed because a newer producer of the id fenced it.
+
+    aiokafka raises ``ProducerFenced`` from its sender task, which then dies: the caller may
+    see that error, or a later call's complaint about the dead producer's state.
+    """
+    if isinstance(exc, (ProducerFenced, InvalidProducerEpoch)):
+        return True
+    with contextlib.suppress(Exception):  # aiokafka internals: if they change, not fenced
+        task = producer._sender.sender_task
+        if task is not None and task.done() and not task.cancelled():
+            return isinstance(task.exception(), (ProducerFenced, InvalidProducerEpoch))
+    return False
+
+
+def _retrieve(futures: list[asyncio.Future[Any]]) -> None:
+    """Consume the outcomes of a failed transaction's sends (their failure is reported once,
+    by ``send_batch``; asyncio would otherwise log each as never retrieved)."""
+    for future in futures:
+        if future.done():
+            if not future.cancelled():
+                future.exception()
+        else:
+            future.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+
+
+def _batches(
+    producer: AIOKafkaProducer, records: Sequence[tuple[str, bytes, bytes]], partitions: int
+) -> list[tuple[int, Any]]:
+    """The records as Kafka record batches, per partition in the records' order.
+
+    Building the batches directly costs a fraction of one ``producer.send`` per record (no
+    future, metadata wait and size estimate per record); a batch that is full is followed by
+    another one for the same partition, which the producer sends after it.
+    """
+    builders: dict[int, Any] = {}
+    out: list[tuple[int, Any]] = []
+    for env, key, value in records:
+        partition = partition_for(env, partitions)
+        builder = builders.get(partition)
+        if builder is None or builder.append(timestamp=None, key=key, value=value) is None:
+            builder = builders[partition] = producer.create_batch()
+            out.append((partition, builder))
+            if builder.append(timestamp=None, key=key, value=value) is None:
+                # larger than a whole batch: the record-size limit is checked before the
+                # outbox, so this is a configuration error (max_request_size too small)
+                raise ValueError(f"a record of {len(value)} bytes does not fit a Kafka batch")
+    return out
+
+
+def _consume_batch_failures(producer: AIOKafkaProducer) -> None:
+    """Mark the failures of a dead producer's undrained batches as seen.
+
+    When a fenced producer's sender dies, aiokafka fails every batch it still holds,
+    including an internal "drained" future nobody awaits; without this, asyncio logs each
+    as "Future exception was never retrieved" with a traceback. The failure itself was
+    already reported by ``send_batch``.
+    """
+    with contextlib.suppress(Exception):  # aiokafka internals: if they change, only noise
+        accumulator = producer._message_accumulator
+        batches = [b for queue in accumulator._batches.values() for b in queue]
+        for batch in [*batches, *accumulator._pending_batches]:
+            for future in (batch._drain_waiter, batch.future):
+                if future.done() and not future.cancelled():
+                    future.exception()

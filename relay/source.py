@@ -5,6 +5,12 @@ Rules:
 - A relay reads **every partition** of the topic itself: no consumer group, no committed
   offsets. The first start seeks every partition to the beginning; a restart after an outage
   resumes at the state's next offsets, so the state is never rebuilt needlessly.
+- Committed records only: the consumer reads at ``read_committed``. The publisher writes
+  each batch as a Kafka transaction and fences a deposed leader by aborting its open one;
+  an aborted record must never reach the state. ``high_watermarks`` are therefore the *last
+  stable offsets* (what ``read_committed`` can read up to: before the first open
+  transaction), and commit/abort markers occupy offsets that hold no record (positions
+  simply skip them, like compaction gaps).
 - Bootstrap: the high watermarks captured at the first successful start are the target; the
   relay is *ready* once every partition was consumed up to them.
 - Tail: fetches wait at most ``fetch_max_wait_ms`` so a change reaches the state within
@@ -88,7 +94,8 @@ class RecordSource(Protocol):
     - ``fetch`` returns records of each partition in strictly increasing offset order, never
       one twice in a row of calls, and waits at most about ``timeout_ms`` when there is none.
       It raises ``SourceUnavailable`` (or returns nothing) while the log is unreachable.
-    - ``high_watermarks`` is the next offset to be written in every partition, as of now.
+    - ``high_watermarks`` is, in every partition, the offset up to which records can be read
+      as of now (Kafka: the last stable offset, as the source reads committed records only).
     - Records are never re-ordered across calls within a partition; nothing is skipped except
       what compaction removed (a later record with the same key exists).
     """
@@ -151,6 +158,7 @@ class KafkaSource:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            isolation_level="read_committed",
             fetch_max_wait_ms=self.fetch_max_wait_ms,
             request_timeout_ms=self.request_timeout_ms,
             retry_backoff_ms=100,

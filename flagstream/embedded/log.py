@@ -16,6 +16,9 @@ Rules (the ones Kafka gives flagstream, for one process and one file):
 - **Compaction.** ``compact()`` deletes every record that has a later record with the same
   key in its partition (what a compacted Kafka topic may do); ``open`` runs it once. Readers
   see offsets with gaps, which ``RecordSource`` allows; the state they rebuild is the same.
+- **No fencing, no transactions.** One process, one publisher, one writer: there is no
+  deposed forwarder to fence (``publisher.log.FencingRecordLog`` is for Kafka), and a record
+  is readable once its write committed, so readers need no isolation level.
 - **Readers.** Each ``source()`` has its own positions. A waiting ``fetch`` wakes as soon as a
   record of this process is committed (no polling interval), or after its timeout.
 """

@@ -46,6 +46,7 @@ from loadtest.chaos.schedule import FAULT_KINDS, plan
 from loadtest.chaos.writers import WriterPool, flag_body
 from loadtest.swarm import Swarm, Target
 from protocol.envelope import decode_envelope
+from publisher.log import FENCED_MESSAGE as FENCED_MARK
 
 __all__ = ["ChaosOptions", "ChaosResult", "run_chaos"]
 
@@ -300,6 +301,11 @@ async def run_chaos(opts: ChaosOptions, command: str) -> ChaosResult:
             (
                 "topic: stale appends (a record older than one before it)",
                 f"{len(stale_appends)} (harmless unless it is a key's last record)",
+            ),
+            (
+                # the forwarder logs each batch Kafka refused because a newer leader started
+                "batches of deposed leaders fenced by Kafka",
+                str(sum(text.count(FENCED_MARK) for text in texts.values())),
             ),
             ("convergence p50", _secs(percentile(times, 50))),
             ("convergence max", _secs(max(times, default=None))),
@@ -576,8 +582,13 @@ async def _read_topic(
     last: dict[tuple[str, str], int] = {}
     largest: dict[tuple[str, str], int] = {}
     stale: list[str] = []
+    # read_committed, as the relays read: a fenced leader's aborted batch is in the log but
+    # never read, and compaction removes it.
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=cluster.kafka.bootstrap, enable_auto_commit=False, group_id=None
+        bootstrap_servers=cluster.kafka.bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        isolation_level="read_committed",
     )
     await consumer.start()
     try:

@@ -14,6 +14,9 @@ from protocol.errors import ValidationError
 from protocol.model import (
     CLAUSE_OPERATORS,
     MAX_DEPTH,
+    _check_json,
+    _explain_json,
+    _plainly_json,
     encode_item,
     flag_references,
     make_tombstone,
@@ -341,6 +344,7 @@ FLAG_ERRORS = [
     ("rules[0].clauses[0].attribute", "", "rules[0].clauses[0].attribute"),
     ("rules[0].clauses[0].values", "x", "rules[0].clauses[0].values"),
     ("rules[0].clauses[0].negate", "yes", "rules[0].clauses[0].negate"),
+    ("rules[0].clauses[0].contextKind", 3, "rules[0].clauses[0].contextKind"),
     ("rules[0].variation", ..., "rules[0]"),
     ("rules[0].variation", 5, "rules[0].variation"),
     ("rules[0].trackEvents", "t", "rules[0].trackEvents"),
@@ -714,3 +718,52 @@ def test_nesting_depth_is_bounded() -> None:
     flag["variations"] = [nested(100_000)]  # no RecursionError, a clear error instead
     with pytest.raises(ValidationError, match="nested deeper than"):
         validate_flag(flag)
+
+
+# --- the JSON check's fast path -------------------------------------------------------------
+
+odd_values = st.recursive(
+    json_values
+    | st.tuples(st.integers())  # not JSON
+    | st.builds(lambda s: s + "\ud800", st.text(max_size=3))  # a lone surrogate
+    | st.dictionaries(st.integers(), st.none(), min_size=1, max_size=2),  # non-string keys
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=12,
+)
+
+
+def nested_in(depth: int, leaf: object) -> object:
+    value = leaf
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@FAST
+@given(odd_values)
+def test_the_fast_json_check_accepts_only_what_the_exact_one_accepts(doc: object) -> None:
+    try:
+        _explain_json(doc)
+        valid = True
+    except ValidationError:
+        valid = False
+    if _plainly_json(doc):
+        assert valid  # unsure cases go to the exact check, never the other way round
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH - 2, MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1])
+def test_depth_is_decided_by_the_exact_check_near_the_limit(depth: int) -> None:
+    leaves: list[object] = ["s", 1.5, [], "\u00e9"]
+    for leaf in leaves:
+        doc = {"k": nested_in(depth, leaf)}
+        try:
+            _check_json(doc)
+            fast_valid = True
+        except ValidationError:
+            fast_valid = False
+        try:
+            _explain_json(doc)
+            exact_valid = True
+        except ValidationError:
+            exact_valid = False
+        assert fast_valid == exact_valid, (depth, leaf)

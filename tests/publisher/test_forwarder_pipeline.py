@@ -1,0 +1,170 @@
+"""The forwarder's rules without Kafka: pipelined removal, a failed removal, a fenced log.
+
+On the in-memory store and log (the embedded backend's own implementations); Kafka's
+fencing itself is tested in ``test_fencing.py`` and by the chaos suite's zombie.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from flagstream.memlog import MemoryLog
+from protocol.keys import partition_for
+from publisher.forwarder import Forwarder
+from publisher.log import LogFenced
+from publisher.memory_store import MemoryStore
+from publisher.metrics import PublisherMetrics
+from publisher.store import KafkaRecord, StoreUnavailable
+
+pytestmark = pytest.mark.unit
+
+ENVS = ["prod", "stage", "dev"]
+PARTITIONS = 3
+
+
+def record(i: int) -> KafkaRecord:
+    env = ENVS[i % len(ENVS)]
+    return KafkaRecord(env=env, key=f"{env}/flag/f{i % 7}".encode(), value=str(i).encode())
+
+
+def forwarder(store: MemoryStore, log: object) -> Forwarder:
+    return Forwarder(
+        store,
+        log,  # type: ignore[arg-type]
+        PublisherMetrics(),
+        lease_ttl=2.0,
+        batch_size=50,
+        idle_poll=0.01,
+        backoff_initial=0.01,
+        backoff_max=0.05,
+    )
+
+
+async def drained(store: MemoryStore, seconds: float = 10.0) -> None:
+    async with asyncio.timeout(seconds):
+        while await store.outbox_depth():  # noqa: ASYNC110 - polling the store is the point
+            await asyncio.sleep(0.01)
+
+
+def sent_values(log: MemoryLog) -> dict[int, list[int]]:
+    return {p: [int(r.value or b"") for r in log.records(p)] for p in range(PARTITIONS)}
+
+
+def expected(count: int) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {p: [] for p in range(PARTITIONS)}
+    for i in range(count):
+        out[partition_for(ENVS[i % len(ENVS)], PARTITIONS)].append(i)
+    return out
+
+
+async def test_pipelined_removal_sends_every_entry_once_in_order() -> None:
+    store, log = MemoryStore(), MemoryLog(PARTITIONS)
+    fwd = forwarder(store, log)
+    fwd.start()
+    try:
+        for burst in range(20):  # bursts while batches are in flight and being removed
+            await store.outbox_append(
+                [record(i) for i in range(burst * 37, (burst + 1) * 37)], now_ms=1
+            )
+            fwd.kick()
+            await asyncio.sleep(0)
+        await drained(store)
+    finally:
+        await fwd.stop()
+    assert sent_values(log) == expected(20 * 37)  # no duplicate, no gap, commit order
+
+
+class FlakyRemoval(MemoryStore):
+    """Fails the ``failures`` next removals (Redis went away after the commit)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 0
+
+    async def outbox_remove(self, ids: list[str], *, owner: str, fence: int) -> int:
+        if self.failures:
+            self.failures -= 1
+            raise StoreUnavailable("redis is gone")
+        return await super().outbox_remove(ids, owner=owner, fence=fence)
+
+
+async def test_a_failed_removal_sends_again_from_the_oldest_entry_left() -> None:
+    store, log = FlakyRemoval(), MemoryLog(PARTITIONS)
+    fwd = forwarder(store, log)
+    fwd.start()
+    try:
+        await store.outbox_append([record(i) for i in range(60)], now_ms=1)
+        store.failures = 2
+        fwd.kick()
+        await store.outbox_append([record(i) for i in range(60, 300)], now_ms=1)
+        fwd.kick()
+        await drained(store)
+    finally:
+        await fwd.stop()
+    want = expected(300)
+    for partition, values in sent_values(log).items():
+        # at-least-once: duplicates of a failed removal's batch, but every entry, and the
+        # last occurrence of each entry in order (so the last record of every key is newest)
+        assert set(values) == set(want[partition])
+        last = {v: i for i, v in enumerate(values)}
+        assert sorted(want[partition], key=last.__getitem__) == want[partition]
+
+
+class FencingMemoryLog(MemoryLog):
+    """A ``FencingRecordLog`` on the in-memory log: ``fence()`` is another leader starting."""
+
+    def __init__(self) -> None:
+        super().__init__(PARTITIONS)
+        self.starts = 0
+        self._broken = True
+        self.outbox_reads_before_start: list[int] = []
+
+    @property
+    def ready(self) -> bool:
+        return not self._broken
+
+    async def start(self) -> None:
+        self.starts += 1
+        self._broken = False
+
+    def fence(self) -> None:
+        self._broken = True
+        self.fenced_pending = True
+
+    async def send_batch(self, records: Sequence[tuple[str, bytes, bytes]]) -> list[object]:
+        if self._broken:
+            return [LogFenced("fenced: another publisher started a producer")] * len(records)
+        for env, key, value in records:
+            await self.send(env, key, value)
+        return [None] * len(records)
+
+
+async def test_a_fenced_log_is_started_again_by_the_leader_before_it_reads() -> None:
+    store, log = MemoryStore(), FencingMemoryLog()
+    reads: list[int] = []
+    read = store.outbox_read
+
+    async def recording_read(count: int) -> list:  # type: ignore[type-arg]
+        reads.append(log.starts)  # which start the read came after
+        return await read(count)
+
+    store.outbox_read = recording_read  # type: ignore[method-assign]
+    fwd = forwarder(store, log)
+    fwd.start()
+    try:
+        await store.outbox_append([record(i) for i in range(40)], now_ms=1)
+        fwd.kick()
+        await drained(store)
+        assert log.starts == 1  # the first term started the log once, before reading
+        assert reads and min(reads) >= 1
+        log.fence()  # another producer of the id started: the next batch is refused
+        await store.outbox_append([record(i) for i in range(40, 80)], now_ms=1)
+        fwd.kick()
+        await drained(store)
+    finally:
+        await fwd.stop()
+    assert log.starts == 2  # started again, by the forwarder, before the next read
+    assert sent_values(log) == expected(80)  # the refused batch was sent again, once
