@@ -259,6 +259,8 @@ class ClientSideHandlers:
                 return refused.response
             with_reasons = request.query.get("withReasons", "").lower() in _TRUE
             state = self.state
+            # Right after a bootstrap: this environment compiled first, in slices.
+            await state.evaluation.compiled(target.environment.key)
             environment = state.environments.get(target.environment.key, target.environment)
             position = state.position(environment)
             etag = f'"{position}:{context.fingerprint[:20]}{":r" if with_reasons else ""}"'
@@ -321,6 +323,8 @@ class ClientSideHandlers:
     ) -> web.StreamResponse:
         state = self.state
         environment = target.environment
+        # Right after a bootstrap: this environment compiled first, in slices.
+        await state.evaluation.compiled(environment.key)
         last = parse_position(request.headers.get("Last-Event-ID"))
         resume = last is not None and last.epoch == state.epoch
         if resume and last is not None and state.consumed(environment.partition) < last.offset:

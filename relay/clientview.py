@@ -7,9 +7,11 @@ Rules (``protocol.clientside`` defines the formats and the version rules):
    audience (``client`` = JS, ``mobile``, ``server`` = SDK-key evalx) the flags that audience
    may see, split into constants (their evaluated JSON joined once per view and reasons
    setting) and flags to evaluate per context. Building it is O(flags); requests only read.
-2. Per request, only the flags that can depend on the context are evaluated; each result's
-   JSON, restamped with its version, is built once per result object and view (results are
-   pre-built objects of the compiled flag) and reused by every later request.
+2. Per request, only the flags that can depend on the context are evaluated, each through
+   the compiled environment's runner (its reusable evaluation scope: nothing is allocated
+   per flag); each result's JSON, restamped with its version, is built once per result
+   object and view (results are pre-built objects of the compiled flag) and reused by every
+   later request.
 3. Full payloads are cached per view by (context fingerprint, audience, reasons), at most
    4 MiB of them, so a reconnect herd of one context costs one evaluation.
 4. Catch-up after ``Last-Event-ID`` X (same epoch): a ``patch`` for every visible flag whose
@@ -23,6 +25,7 @@ from typing import Final
 
 from protocol import clientside
 from protocol.evaluation import CompiledEnvironment, CompiledFlag, Context, EvaluationResult
+from protocol.evaluation.compiler import Runner
 from protocol.evaluation.environment import SdkKind
 from protocol.position import Position
 from relay.state import Environment, State
@@ -50,14 +53,16 @@ class _Audience:
 
     def __init__(self, env: CompiledEnvironment, versions: dict[str, int], sdk: SdkKind) -> None:
         constants: list[tuple[EvaluationResult, int, int | None]] = []
-        self.dynamic: list[tuple[CompiledFlag, int]] = []
+        self.dynamic: list[tuple[Runner, int]] = []
         for key, flag in env.flags.items():
             if not visible(flag, sdk):
                 continue
             if flag.constant is not None:
                 constants.append((flag.constant, versions[key], flag.version))
             else:
-                self.dynamic.append((flag, versions[key]))
+                run = env.runner(key)
+                assert run is not None  # every flag of the environment has one
+                self.dynamic.append((run, versions[key]))
         self.blobs = tuple(
             b",".join(clientside.restamp(r.fragment(wr), fv, v) for r, v, fv in constants)
             for wr in (False, True)
@@ -121,14 +126,13 @@ class EnvView:
         if body is not None:
             return body
         audience = self.audience(sdk)
-        flags, segments = self.env.flags, self.env.segments
         cache = self._results
         parts: list[bytes] = []
         append = parts.append
         # Rule 2, inlined (this loop is the per-request cost): the cached, restamped JSON of
         # each result object, built on the first request that got that result.
-        for flag, version in audience.dynamic:
-            result = flag.evaluate(context, flags, segments)
+        for run, version in audience.dynamic:
+            result = run(context)
             cached = cache.get(id(result))
             if cached is None or cached[0] is not result:
                 append(self.fragment(result, version, with_reasons))
@@ -156,14 +160,15 @@ class EnvView:
     ) -> bytes:
         """Rule 4: the events a stream resuming from offset ``after`` needs, in offset order."""
         events: list[tuple[int, bytes]] = []
-        flags, segments = self.env.flags, self.env.segments
+        env = self.env
+        flags = env.flags
         for key, version in self.versions.items():
             if version - 1 <= after:
                 continue
             flag = flags[key]
             pos = str(Position(epoch, version - 1))
             if visible(flag, sdk):
-                result = flag.evaluate(context, flags, segments)
+                result = env.evaluate(key, context)
                 data = clientside.restamp(result.patch(with_reasons), result.version, version)
                 events.append((version, clientside.patch_event(data, pos)))
             else:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 from protocol import clientside
 from protocol.evaluation import CompiledEnvironment, CompiledFlag, CompiledSegment, Context
 from protocol.evaluation import EvaluationResult as Result
+from protocol.evaluation.compiler import Runner, new_scope
 from protocol.evaluation.environment import SdkKind
 from protocol.position import Position
 from relay.clientview import visible
@@ -170,7 +171,6 @@ class EnvContexts:
         out: list[GroupEvents] = []
         if affected and self.groups:
             flags = compiled.flags if compiled is not None else {}
-            segments = compiled.segments if compiled is not None else {}
             plan = sorted(
                 (
                     (off, key, flags.get(key), self.baseline_flags.get(key))
@@ -178,7 +178,7 @@ class EnvContexts:
                 ),
                 key=_plan_order,
             )
-            round_ = _Round(flags, segments, self.baseline_flags, self.baseline_segments, epoch)
+            round_ = _Round(compiled, flags, self.baseline_flags, self.baseline_segments, epoch)
             for group in self.groups.values():
                 events = round_.group_events(group, plan, self.baseline_offset)
                 if events is not None:
@@ -200,28 +200,34 @@ class _Round:
     (result, reasons, offset), deletes per (flag, offset)."""
 
     __slots__ = (
+        "_base_runs",
+        "_base_scope",
         "_deletes",
         "_encoded",
         "_evaluations",
         "_unversioned",
         "base_flags",
         "base_segments",
+        "compiled",
         "epoch",
         "flags",
-        "segments",
         "stats",
     )
 
     def __init__(
         self,
+        compiled: CompiledEnvironment | None,
         flags: dict[str, CompiledFlag],
-        segments: dict[str, CompiledSegment],
         base_flags: dict[str, CompiledFlag],
         base_segments: dict[str, CompiledSegment],
         epoch: str,
     ) -> None:
-        self.flags, self.segments = flags, segments
+        self.compiled, self.flags = compiled, flags
         self.base_flags, self.base_segments = base_flags, base_segments
+        # The baseline's own reusable scope and runners, made once per round (the current
+        # state's are the compiled environment's).
+        self._base_scope = new_scope(base_flags, base_segments)
+        self._base_runs: dict[str, Runner] = {}
         self.epoch = epoch
         self.stats = RoundStats()
         self._evaluations: dict[tuple[str, str], tuple[Result | None, Result]] = {}
@@ -236,13 +242,19 @@ class _Round:
         found = self._evaluations.get(memo_key)
         if found is None:
             stats = self.stats
-            new_result = new.evaluate(context, self.flags, self.segments)
+            assert self.compiled is not None  # `new` is one of its flags
+            new_result = self.compiled.evaluate(key, context)
             stats.new_evaluations += 1
             old_result = None
             if old is not None:
                 if old.constant is None:
                     stats.previous_evaluations += 1
-                old_result = old.evaluate(context, self.base_flags, self.base_segments)
+                run = self._base_runs.get(key)
+                if run is None:
+                    run = self._base_runs[key] = old.runner(
+                        self.base_flags, self.base_segments, self._base_scope
+                    )
+                old_result = run(context)
             found = self._evaluations[memo_key] = (old_result, new_result)
         return found
 

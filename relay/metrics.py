@@ -208,6 +208,12 @@ class RelayMetrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.evaluation_items_pending = Gauge(
+            p + "evaluation_items_pending",
+            "Flags and segments applied but not compiled for evaluation yet (after a bootstrap)",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.ready = Gauge(
             p + "ready",
             "1 once the bootstrap read reached the watermarks (process group: every worker)",

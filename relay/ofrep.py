@@ -134,6 +134,7 @@ class OfrepRoutes:
             context = parse_request(body)
         except OfrepError as exc:
             return _failure(400, exc.code, exc.details, key=key)
+        await self.state.evaluation.compiled(grant.env)  # right after a bootstrap: in slices
         answer = self.answers.single(grant.env, key, context, grant.audience)
         if answer is None:
             return _failure(404, "FLAG_NOT_FOUND", f"flag {key!r} was not found", key=key)
@@ -152,6 +153,7 @@ class OfrepRoutes:
             context = parse_request(body)
         except OfrepError as exc:
             return _failure(400, exc.code, exc.details)
+        await self.state.evaluation.compiled(grant.env)  # right after a bootstrap: in slices
         environment = await self._caught_up(request, grant.env)
         if environment is None:  # deleted, or the state was rebuilt, while waiting
             return web.Response(status=401)

@@ -3,7 +3,8 @@
 Rules (in the order a request meets them):
 
 1. Evaluation is the relay's compiled environment (``state.evaluation``), never re-done
-   here; this module only turns results into OFREP JSON (``protocol.ofrep``).
+   here: each flag through the environment's runner (its reusable evaluation scope); this
+   module only turns results into OFREP JSON (``protocol.ofrep``).
 2. Each flag version gives a small set of distinct results, always the same objects
    (``protocol.evaluation.result``); each one's OFREP JSON is encoded the first time it is
    answered and kept with that flag version. A new version of a flag drops what was kept for
@@ -23,6 +24,7 @@ import json
 from typing import Any, Final
 
 from protocol.evaluation import CompiledFlag, Context, EvaluationResult, SdkKind
+from protocol.evaluation.compiler import Runner
 from protocol.ofrep import FlagInfo, encode_evaluation, flag_info
 from relay.state import State
 
@@ -44,11 +46,14 @@ class _Encoded:
 
 
 class _View:
-    """The flags one audience sees at one position: a constant blob and the rest."""
+    """The flags one audience sees at one position: a constant blob and the rest (each
+    with its runner)."""
 
     __slots__ = ("constant", "dynamic", "offset")
 
-    def __init__(self, offset: int, constant: bytes, dynamic: list[CompiledFlag]) -> None:
+    def __init__(
+        self, offset: int, constant: bytes, dynamic: list[tuple[Runner, _Encoded]]
+    ) -> None:
         self.offset = offset
         self.constant = constant
         self.dynamic = dynamic
@@ -75,7 +80,7 @@ class OfrepAnswers:
         if compiled is None or not compiled.visible(key, audience):
             return None
         flag = compiled.flags[key]
-        result = flag.evaluate(context, compiled.flags, compiled.segments)
+        result = compiled.evaluate(key, context)
         encoded = self._encode(env, flag, result)
         return encoded[1], encoded[2]
 
@@ -85,9 +90,14 @@ class OfrepAnswers:
         if compiled is None:
             return []
         view = self._view(env, audience)
-        flags, segments = compiled.flags, compiled.segments
-        encode = self._encode
-        parts = [encode(env, f, f.evaluate(context, flags, segments))[2] for f in view.dynamic]
+        parts: list[bytes] = []
+        append = parts.append
+        for run, kept in view.dynamic:  # _encode inlined: this loop is the per-request cost
+            result = run(context)
+            hit = kept.results.get(id(result))
+            if hit is None or hit[0] is not result:
+                hit = _encode_into(kept, result)
+            append(hit[2])
         if view.constant:
             parts.append(view.constant)
         return parts
@@ -102,37 +112,40 @@ class OfrepAnswers:
         compiled = self._state.evaluation.environment(env)
         assert compiled is not None
         constant: list[bytes] = []
-        dynamic: list[CompiledFlag] = []
+        dynamic: list[tuple[Runner, _Encoded]] = []
         for flag in compiled.flags.values():
             if not compiled.visible(flag.key, audience):
                 continue
             if flag.constant is not None:
                 constant.append(self._encode(env, flag, flag.constant)[2])
             else:
-                dynamic.append(flag)
+                run = compiled.runner(flag.key)
+                assert run is not None  # every flag of the environment has one
+                dynamic.append((run, self._kept(env, flag)))
         self._prune(env, compiled.flags)
         view = self._views[(env, audience)] = _View(
             environment.offset, b",".join(constant), dynamic
         )
         return view
 
-    def _encode(
-        self, env: str, flag: CompiledFlag, result: EvaluationResult
-    ) -> tuple[EvaluationResult, int, bytes]:
+    def _kept(self, env: str, flag: CompiledFlag) -> _Encoded:
+        """What is kept for this version of ``flag`` (rule 2)."""
         kept_by_key = self._encoded.get(env)
         if kept_by_key is None:
             kept_by_key = self._encoded[env] = {}
         kept = kept_by_key.get(flag.key)
         if kept is None or kept.flag is not flag:
             kept = kept_by_key[flag.key] = _Encoded(flag, self._info(env, flag))
+        return kept
+
+    def _encode(
+        self, env: str, flag: CompiledFlag, result: EvaluationResult
+    ) -> tuple[EvaluationResult, int, bytes]:
+        kept = self._kept(env, flag)
         hit = kept.results.get(id(result))
         if hit is not None and hit[0] is result:
             return hit
-        status, body = encode_evaluation(result, kept.info)
-        if len(kept.results) >= MAX_RESULTS_PER_FLAG:
-            kept.results.clear()
-        entry = kept.results[id(result)] = (result, status, body)
-        return entry
+        return _encode_into(kept, result)
 
     def _info(self, env: str, flag: CompiledFlag) -> FlagInfo:
         environment = self._state.environments.get(env)
@@ -151,3 +164,12 @@ class OfrepAnswers:
         if kept_by_key:
             for key in [k for k, kept in kept_by_key.items() if flags.get(k) is not kept.flag]:
                 del kept_by_key[key]
+
+
+def _encode_into(kept: _Encoded, result: EvaluationResult) -> tuple[EvaluationResult, int, bytes]:
+    """Encode ``result`` and keep it with its flag version (rules 2 and 5)."""
+    status, body = encode_evaluation(result, kept.info)
+    if len(kept.results) >= MAX_RESULTS_PER_FLAG:
+        kept.results.clear()
+    entry = kept.results[id(result)] = (result, status, body)
+    return entry

@@ -21,10 +21,12 @@ Rules (the state machine is fed records in partition order by ``relay.source.Fol
 - Caching. The encoded ``put`` events and polling body of an environment are built once per
   position and reused by every request until the next change of that environment, so a
   reconnect herd costs one encode.
-- Evaluation. Every applied flag or segment (bootstrap included) is compiled right after it
-  is stored, by ``self.evaluation`` (``relay.evaluation.EvaluationService``): compile per
-  change, never per request. A malformed item is still stored and served raw; it evaluates
-  to ``ERROR/MALFORMED_FLAG``.
+- Evaluation. Every applied flag or segment (bootstrap included) is handed to
+  ``self.evaluation`` (``relay.evaluation.EvaluationService``) right after it is stored:
+  filed during the bootstrap and compiled in the background once ready, compiled when
+  applied after that; compiled once per version, never per request, and never read partly
+  compiled. A malformed item is still stored and served raw; it evaluates to
+  ``ERROR/MALFORMED_FLAG``.
 - Listeners. Once ready, every *applied* item change is passed to the listeners (the hub's
   ``publish``) synchronously, in offset order, right after the state changed. The ``Change``
   carries ``affected_flags``: the flag keys whose evaluation it can alter. During the
@@ -175,7 +177,7 @@ class State:
     def __init__(self, metrics: RelayMetrics) -> None:
         self.metrics = metrics
         self.credentials = CredentialIndex()
-        self.evaluation = EvaluationService()
+        self.evaluation = EvaluationService(metrics.evaluation_items_pending.set)
         self.environments: dict[str, Environment] = {}
         self.epoch: str | None = None
         self.partitions = 0
@@ -246,6 +248,7 @@ class State:
             self.ready = True
             self.ready_event.set()
             self.metrics.ready.set(1)
+            self.evaluation.ready()
             log.info(
                 "bootstrap complete: %d environments, %d items",
                 len(self.environments),
@@ -385,7 +388,9 @@ class State:
             offset=rec.offset,
         )
         environment.offset = rec.offset
-        affected = self.evaluation.apply(env.env, kind, env.key, None if env.deleted else parsed)
+        affected = self.evaluation.apply(
+            env.env, kind, env.key, None if env.deleted else parsed, env.item
+        )
         # Before the bootstrap completed no stream exists (they are refused), so skipping
         # the hub keeps a large bootstrap cheap.
         if self.listeners and self.ready:

@@ -55,9 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dynamic-share",
         type=float,
-        default=0.7,
+        default=0.3,
         help="share of the flags whose result depends on the context (targets, two rules, "
-        "a third of them a rollout); the rest are off or serve one variation (default 0.7)",
+        "a third of them a rollout); the rest are off or serve one variation (default 0.3: "
+        "the 70%% constant mix of issue 13)",
     )
     p.add_argument("--poll-seconds", type=float, default=10.0, help="evalx polling phase (0: skip)")
     p.add_argument("--poll-concurrency", type=int, default=32, help="polling connections")
@@ -67,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # --- the environment -------------------------------------------------------------------
 
 
-def _flag(i: int, dynamic_share: float = 0.7) -> dict[str, Any]:
+def _flag(i: int, dynamic_share: float = 0.3) -> dict[str, Any]:
     key = f"flag-{i}"
     base: dict[str, Any] = {
         "key": key,

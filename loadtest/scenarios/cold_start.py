@@ -3,12 +3,15 @@
 For each size a fresh topic is filled straight through Kafka (batched, idempotent producer),
 then a relay process is started on it and timed from ``exec`` to ``/readyz`` answering 200
 (ready = the bootstrap read reached every partition's high watermark). Also reported: the
-relay's memory when ready, and the fill rate. Topics are deleted afterwards. Needs --spawn.
+relay's memory when ready, the time until the relay compiled every flag for evaluation (it
+compiles in the background once ready: ``flagstream_relay_evaluation_items_pending`` reaches
+0) and its memory then, and the fill rate. Topics are deleted afterwards. Needs --spawn.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import time
 from typing import Any
 
@@ -16,7 +19,13 @@ from loadtest import plots
 from loadtest.driver import DriverError, KafkaDriver
 from loadtest.progress import Progress
 from loadtest.report import Result, Table
-from loadtest.scenarios.common import Context, ScenarioError, ServiceError, start_relay
+from loadtest.scenarios.common import (
+    Context,
+    ScenarioError,
+    ServiceError,
+    scrape_metrics,
+    start_relay,
+)
 from loadtest.sysinfo import rss_bytes
 
 NAME = "cold-start"
@@ -30,6 +39,22 @@ def _sizes(text: str) -> list[int]:
     if not sizes or any(s < 1 for s in sizes):
         raise argparse.ArgumentTypeError("sizes must be >= 1")
     return sizes
+
+
+PENDING = "flagstream_relay_evaluation_items_pending"
+
+
+async def _compiled_after(url: str, within: float) -> float | None:
+    """Seconds until the relay reports nothing left to compile (None: not within; 0 for a
+    relay without the metric, which compiled everything before it was ready)."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < within:
+        metrics = await scrape_metrics(url)
+        pending = metrics.get(PENDING)
+        if pending == 0.0 or (pending is None and "flagstream_relay_ready" in metrics):
+            return time.perf_counter() - t0 if pending == 0.0 else 0.0
+        await asyncio.sleep(0.1)
+    return None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -115,9 +140,25 @@ async def run(ctx: Context) -> Result:
                 # relay.started is taken right after spawn: the real start-to-ready time
                 ready_from_exec = time.perf_counter() - relay.started
                 rss = rss_bytes(relay.pid)
-                rows.append({**fill, "ready_s": ready_from_exec, "relay_rss": rss})
+                state["phase"] = "compiling"
+                compiled_s = await _compiled_after(relay.url, a.bootstrap_timeout)
+                rss_compiled = rss_bytes(relay.pid) if compiled_s is not None else None
+                rows.append(
+                    {
+                        **fill,
+                        "ready_s": ready_from_exec,
+                        "relay_rss": rss,
+                        "compiled_after_ready_s": compiled_s,
+                        "relay_rss_compiled": rss_compiled,
+                    }
+                )
                 progress.note(
                     f"{size} flags: ready after {ready_from_exec:.2f}s, RSS {rss / 2**20:.0f} MiB"
+                    + (
+                        f"; compiled {compiled_s:.2f}s later, RSS {rss_compiled / 2**20:.0f} MiB"
+                        if compiled_s is not None and rss_compiled
+                        else "; not compiled within the timeout"
+                    )
                 )
             finally:
                 await ctx.cleanup()  # one topic at a time: 1M flags take disk space
@@ -125,12 +166,25 @@ async def run(ctx: Context) -> Result:
     result.tables.append(
         Table(
             f"relay start -> /readyz 200, flags over {a.envs} environments, {a.workers} worker(s)",
-            ["flags", "start to ready", "relay RSS at ready", "topic fill (via kafka)"],
+            [
+                "flags",
+                "start to ready",
+                "relay RSS at ready",
+                "ready to all compiled",
+                "relay RSS compiled",
+                "topic fill (via kafka)",
+            ],
             [
                 [
                     f"{r['flags']:,}",
                     f"{r['ready_s']:.2f} s" if r["ready_s"] is not None else "not ready",
                     f"{r['relay_rss'] / 2**20:.0f} MiB" if r["relay_rss"] else "-",
+                    f"{r['compiled_after_ready_s']:.2f} s"
+                    if r.get("compiled_after_ready_s") is not None
+                    else "-",
+                    f"{r['relay_rss_compiled'] / 2**20:.0f} MiB"
+                    if r.get("relay_rss_compiled")
+                    else "-",
                     f"{r['fill_s']:.1f} s ({r['fill_rate']:.0f}/s)",
                 ]
                 for r in rows

@@ -45,7 +45,13 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from protocol.evaluation.attributes import AttributeRef
-from protocol.evaluation.bucketing import _FIRST_8_BYTES, _SCALE, _sha1, bucket, flag_prefix
+from protocol.evaluation.bucketing import (
+    bucket,
+    digest_cut,
+    flag_prefix,
+    prefix_hasher,
+    utf8,
+)
 from protocol.evaluation.context import DEFAULT_KIND, Context, SingleContext
 from protocol.evaluation.operators import build_test
 from protocol.evaluation.result import (
@@ -318,9 +324,23 @@ def _matches_all(matchers: tuple[Matcher, ...], ctx: Context, scope: _Scope) -> 
 
 
 class _Rollout:
-    """A percentage rollout: the bucket picks a pre-built result."""
+    """A percentage rollout: the bucket picks a pre-built result. ``pick(ctx)`` is a closure
+    built once: by context key (the common case) one copy of the prefix's SHA-1 takes the
+    key and its digest is compared, as bytes, with the buckets' boundaries
+    (``bucketing.digest_cut``), no float; by ``bucketBy`` attribute, or with a negative
+    weight, the general path (``bucketing.bucket``)."""
 
-    __slots__ = ("experiment", "kind", "prefix", "ref", "results", "sorted", "thresholds")
+    __slots__ = (
+        "by_key",
+        "experiment",
+        "kind",
+        "pick",
+        "prefix",
+        "ref",
+        "results",
+        "sorted",
+        "thresholds",
+    )
 
     def __init__(
         self,
@@ -339,8 +359,35 @@ class _Rollout:
         self.results = results  # per bucket: (result, result in the experiment)
         # No negative weight: thresholds ascend from >= 0, so a binary search finds the bucket.
         self.sorted = thresholds[0] >= 0 and thresholds == sorted(thresholds)
+        self.by_key = self.sorted and ref is None
+        self.pick: Callable[[Context], EvaluationResult] = (
+            self._by_key() if self.by_key else self._pick
+        )
 
-    def pick(self, ctx: Context) -> EvaluationResult:
+    def _by_key(self) -> Callable[[Context], EvaluationResult]:
+        kind = self.kind
+        first = self.results[0][False]
+        # The result per bucket index; past the last boundary (weights short of 100000) the
+        # last bucket.
+        chosen = [pair[self.experiment] for pair in self.results]
+        chosen.append(chosen[-1])
+        cuts = [digest_cut(t) for t in self.thresholds]
+        copy = prefix_hasher(self.prefix).copy
+
+        def pick(ctx: Context) -> EvaluationResult:
+            single = ctx.by_kind.get(kind)
+            if single is None:  # bucket -1: the first bucket, never in the experiment
+                return first
+            h = copy()
+            try:
+                h.update(single.key.encode())
+            except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800"): hashed anyway
+                h.update(utf8(single.key))
+            return chosen[bisect_right(cuts, h.digest())]
+
+        return pick
+
+    def _pick(self, ctx: Context) -> EvaluationResult:
         single = ctx.by_kind.get(self.kind)
         if single is None:
             # Without the rollout's context kind the bucket is -1 (so the first bucket when no
@@ -348,16 +395,9 @@ class _Rollout:
             if self.sorted:
                 return self.results[0][False]
             value, experiment = -1.0, False
-        elif self.ref is None:  # by key: bucketing.bucket for a string, inlined
-            text = self.prefix + single.key
-            try:
-                data = text.encode()
-            except UnicodeEncodeError:
-                data = text.encode("utf-8", "surrogatepass")
-            value = (_FIRST_8_BYTES(_sha1(data).digest())[0] >> 4) / _SCALE
-            experiment = self.experiment
         else:
-            value = bucket(self.prefix, _lookup(single, self.ref))
+            key = single.key if self.ref is None else _lookup(single, self.ref)
+            value = bucket(self.prefix, key)
             experiment = self.experiment
         # The first bucket whose cumulative threshold is above the value; past the last one
         # (weights short of 100000) the last bucket.
@@ -467,6 +507,8 @@ class CompiledFlag:
             return lambda _ctx: constant
         if self.run is not None:
             return self.run
+        if not self._prerequisites:
+            return _scoped_run(self, scope)
         evaluate = self._evaluate
         error = self._error
         with_big_segments_status = self._with_big_segments_status
@@ -636,24 +678,49 @@ class CompiledFlag:
         return found
 
 
+def _target_lookup(
+    flag: CompiledFlag,
+) -> tuple[str | None, dict[str, EvaluationResult] | None]:
+    """``(kind, keys)`` when every target of ``flag`` is of one context kind: its match is
+    then ``keys.get(ctx.by_kind[kind].key)``, for a multi-kind context too."""
+    targets = flag._targets
+    if targets is not None and len(targets) == 1:
+        ((kind, keys),) = targets.items()
+        return kind, keys
+    return None, None
+
+
 def _plain_run(flag: CompiledFlag) -> Callable[[Context], EvaluationResult]:
     """The evaluation of a flag without prerequisites or segment clauses: ``_evaluate``'s
-    targets, rules and fallthrough steps over locals, without a scope. Keep in step."""
+    targets, rules and fallthrough steps over locals, without a scope. Keep in step with
+    ``_scoped_run`` (the same steps with a scope)."""
     targets = flag._targets
+    target_kind, target_keys = _target_lookup(flag)
     multi_kind_target = flag._multi_kind_target
     rules = flag._rules
     fixed_fallthrough, rollout_fallthrough = flag._fallthrough
+    pick_fallthrough = None if rollout_fallthrough is None else rollout_fallthrough.pick
     error = flag._error
+    if (
+        targets is None
+        and not rules
+        and rollout_fallthrough is not None
+        and rollout_fallthrough.by_key
+    ):
+        # A percentage rollout by key and nothing else: its pick is the whole evaluation
+        # (and raises nothing, so there is no step to catch).
+        return rollout_fallthrough.pick
 
     def run(ctx: Context) -> EvaluationResult:
         try:
-            if targets is not None:
-                contexts = ctx.contexts
-                if len(contexts) == 1:
-                    by_key = targets.get(contexts[0].kind)
-                    hit = None if by_key is None else by_key.get(contexts[0].key)
-                else:
-                    hit = multi_kind_target(ctx)
+            if target_keys is not None:
+                single = ctx.by_kind.get(target_kind)  # type: ignore[arg-type]
+                if single is not None:
+                    hit = target_keys.get(single.key)
+                    if hit is not None:
+                        return hit
+            elif targets is not None:
+                hit = multi_kind_target(ctx)
                 if hit is not None:
                     return hit
             for matchers, fixed, rollout in rules:
@@ -662,13 +729,59 @@ def _plain_run(flag: CompiledFlag) -> Callable[[Context], EvaluationResult]:
                         break
                 else:
                     return fixed if rollout is None else rollout.pick(ctx)  # type: ignore[return-value]
-            if rollout_fallthrough is None:
+            if pick_fallthrough is None:
                 return fixed_fallthrough  # type: ignore[return-value]
-            return rollout_fallthrough.pick(ctx)
+            return pick_fallthrough(ctx)
         except _Malformed:
             return error("MALFORMED_FLAG", 0)
         except Exception:  # a bug: as LaunchDarkly's client, an EXCEPTION error
             return error("EXCEPTION", 0)
+
+    return run
+
+
+def _scoped_run(flag: CompiledFlag, scope: _Scope) -> Callable[[Context], EvaluationResult]:
+    """``_plain_run`` for a flag with segment clauses and no prerequisites: the same steps,
+    with ``scope`` (reset per call) for segment cycles and big segments."""
+    targets = flag._targets
+    target_kind, target_keys = _target_lookup(flag)
+    multi_kind_target = flag._multi_kind_target
+    rules = flag._rules
+    fixed_fallthrough, rollout_fallthrough = flag._fallthrough
+    pick_fallthrough = None if rollout_fallthrough is None else rollout_fallthrough.pick
+    error = flag._error
+    with_big_segments_status = flag._with_big_segments_status
+
+    def run(ctx: Context) -> EvaluationResult:
+        scope.segment_chain = None
+        scope.big_segments = False
+        result: EvaluationResult | None = None
+        try:
+            if target_keys is not None:
+                single = ctx.by_kind.get(target_kind)  # type: ignore[arg-type]
+                if single is not None:
+                    result = target_keys.get(single.key)
+            elif targets is not None:
+                result = multi_kind_target(ctx)
+            if result is None:
+                for matchers, fixed, rollout in rules:
+                    for matcher in matchers:
+                        if not matcher(ctx, scope):
+                            break
+                    else:
+                        result = fixed if rollout is None else rollout.pick(ctx)
+                        break
+                else:
+                    result = (
+                        fixed_fallthrough if pick_fallthrough is None else pick_fallthrough(ctx)
+                    )
+        except _Malformed:
+            return error("MALFORMED_FLAG", 0)
+        except Exception:  # a bug: as LaunchDarkly's client, an EXCEPTION error
+            return error("EXCEPTION", 0)
+        if scope.big_segments:
+            return with_big_segments_status(result)  # type: ignore[arg-type]
+        return result  # type: ignore[return-value]
 
     return run
 

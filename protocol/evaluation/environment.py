@@ -192,6 +192,13 @@ class CompiledEnvironment:
             return error_result(key, "FLAG_NOT_FOUND")
         return run(context)
 
+    def runner(self, key: str) -> Runner | None:
+        """The fastest callable evaluating flag ``key`` (None if there is no such flag):
+        ``runner(ctx)`` is ``evaluate(key, ctx)`` without the lookup, over this
+        environment's reusable scope. Valid until flag ``key`` changes; one evaluation at a
+        time (module docstring)."""
+        return self._runs.get(key)
+
     def visible(self, key: str, sdk: SdkKind) -> bool:
         """True if flag ``key`` exists and ``sdk`` may see it (``clientSideAvailability``)."""
         flag = self.flags.get(key)

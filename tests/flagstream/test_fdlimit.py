@@ -17,16 +17,24 @@ import os
 import re
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
-from flagstream.fdlimit import connection_budget, descriptor_limit, reserved_descriptors
+from flagstream.fdlimit import (
+    GuardedSite,
+    connection_budget,
+    descriptor_limit,
+    reserved_descriptors,
+)
 from flagstream.stack.process import free_port
 from publisher.config import PublisherSettings
 from relay.config import RelaySettings
@@ -344,3 +352,57 @@ async def test_publisher_under_a_lowered_descriptor_limit(
             return b'"Production"'
 
         await starve_and_recover(proc, port, log_path, request, [keep], create_env)
+
+
+# --- rule 5: a bounded number of connections being set up at once ----------------------------
+
+
+class _WatchedSet(set[Any]):
+    """A set that remembers the most members it ever held."""
+
+    most = 0
+
+    def add(self, item: Any) -> None:
+        super().add(item)
+        self.most = max(self.most, len(self))
+
+
+async def test_a_burst_of_connections_is_set_up_a_bounded_number_at_a_time() -> None:
+    # Every connection of a burst is answered, yet at most `max_starting` setup tasks (each
+    # holding its connection's aiohttp request graph) exist at once: the rest wait in the
+    # kernel's listen queue instead of piling up in memory.
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = GuardedSite(runner, host="127.0.0.1", port=0, max_connections=1000)
+    await site.start()
+    guard = site.guard
+    assert guard is not None
+    guard.max_starting = 3
+    watched = guard._pending = _WatchedSet()
+    port = guard.sockets[0].getsockname()[1]
+    try:
+        # Opened and sent without yielding to the loop: the whole burst waits in the listen
+        # queue before the server accepts any of it.
+        socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+        for sock in socks:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        opened = [await asyncio.open_connection(sock=sock) for sock in socks]
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(reader.read() for reader, _ in opened)), 30
+        )
+        assert all(a.startswith(b"HTTP/1.1 200") and a.endswith(b"hello") for a in answers)
+        assert guard.accepted == 40
+        assert 1 <= watched.most <= 3
+        # Once the burst is over the listening socket is watched again: one more is served.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(), 10)).endswith(b"hello")
+        for _, w in [*opened, (reader, writer)]:
+            w.close()
+    finally:
+        await runner.cleanup()

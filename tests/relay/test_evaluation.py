@@ -4,13 +4,22 @@ test_evaluation_relay.py."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
 from typing import Any
 
 import pytest
-from relay_support import RecordLog, env_envelope, flag, item_envelope, new_state, segment
+from relay_support import (
+    RecordLog,
+    env_envelope,
+    flag,
+    item_envelope,
+    metric,
+    new_state,
+    segment,
+)
 
 from protocol.envelope import Envelope
 from protocol.evaluation import CompiledEnvironment, parse_context
@@ -233,3 +242,118 @@ def test_deeply_nested_item_json_is_skipped_not_raised() -> None:
     )
     assert state.apply_batch([record], {record.partition: record.offset + 1}) == 0
     assert changes == [] and state.evaluation.environment("prod") is None
+
+
+# --- compiling after the bootstrap (relay.evaluation rules 2-4) ------------------------------
+
+
+def bootstrapped(*envelopes: Envelope) -> tuple[State, RecordLog, list[Change], Any]:
+    """A state fed ``envelopes`` during its bootstrap, then made ready."""
+    state, metrics = new_state()
+    changes: list[Change] = []
+    state.listeners.append(changes.append)
+    log = RecordLog()
+    feed(state, log, env_envelope("prod", [KEY]), *envelopes)
+    assert not state.ready
+    state.set_bootstrap_targets(dict(log.next))
+    assert state.ready
+    return state, log, changes, metrics
+
+
+def test_the_bootstrap_files_items_and_compiles_only_their_last_version() -> None:
+    state, _, _, metrics = bootstrapped(
+        item_envelope("prod", "flag", flag("f", 1)),
+        item_envelope("prod", "flag", flag("f", 2, rules=[email_rule("alice@example.com")])),
+        item_envelope("prod", "flag", flag("f", 3, on=False)),
+        item_envelope("prod", "flag", flag("g", 1)),
+        item_envelope("prod", "flag", flag("gone", 1)),
+        item_envelope("prod", "flag", flag("gone", 2, deleted=True)),
+        item_envelope("prod", "segment", segment("s", 1)),
+    )
+    # Ready without a single compilation (no event loop here: nothing in the background).
+    evaluation = state.evaluation
+    assert evaluation.compilations == 0 and evaluation.pending == 4
+    assert metric(metrics, "flagstream_relay_evaluation_items_pending") == 4
+    env = compiled(state)  # reading compiles what was filed, each item's last version once
+    assert evaluation.compilations == 3 and evaluation.pending == 0
+    assert metric(metrics, "flagstream_relay_evaluation_items_pending") == 0
+    assert env.evaluate("f", ALICE).reason.to_json() == {"kind": "OFF"}
+    assert env.flags["f"].version == 3
+    assert env.evaluate("gone", ALICE).reason.to_json() == {
+        "kind": "ERROR",
+        "errorKind": "FLAG_NOT_FOUND",
+    }
+    assert set(env.flags) == {"f", "g"} and set(env.segments) == {"s"}
+    compiled(state)
+    assert evaluation.compilations == 3  # never twice
+
+
+def test_a_change_to_an_environment_not_compiled_yet_is_filed_then_read_exactly() -> None:
+    state, log, changes, _ = bootstrapped(
+        item_envelope("prod", "flag", flag("gate", 1)),
+        item_envelope(
+            "prod", "flag", flag("checkout", 1, prerequisites=[{"key": "gate", "variation": 0}])
+        ),
+    )
+    feed(state, log, item_envelope("prod", "flag", flag("gate", 2, on=False)))
+    # Nothing read this environment compiled yet, so nobody holds a result to invalidate.
+    assert changes[-1].affected_flags == frozenset()
+    assert state.evaluation.compilations == 0
+    env = compiled(state)
+    assert env.evaluate("checkout", ALICE).reason.to_json() == {
+        "kind": "PREREQUISITE_FAILED",
+        "prerequisiteKey": "gate",
+    }
+    # Once read, the environment is compiled change by change, with exact affected flags.
+    feed(state, log, item_envelope("prod", "flag", flag("gate", 3)))
+    assert changes[-1].affected_flags == {"gate", "checkout"}
+    assert env.evaluate("checkout", ALICE).value is True
+    assert state.evaluation.compilations == 3
+
+
+async def test_once_ready_the_filed_items_are_compiled_in_the_background_in_slices() -> None:
+    state, _ = new_state()
+    log = RecordLog()
+    flags = [item_envelope("prod", "flag", flag(f"f{i}", 1)) for i in range(200)]
+    feed(state, log, env_envelope("prod", [KEY]), *flags)
+    state.evaluation.slice_seconds = 0.0  # one item per slice: every slice yields
+    ticks = 0
+
+    def tick() -> None:
+        nonlocal ticks
+        ticks += 1
+        if state.evaluation.pending:
+            asyncio.get_running_loop().call_soon(tick)
+
+    state.set_bootstrap_targets(dict(log.next))  # ready: the background compiler starts
+    asyncio.get_running_loop().call_soon(tick)
+    for _ in range(1000):
+        if not state.evaluation.pending:
+            break
+        await asyncio.sleep(0)
+    assert state.evaluation.pending == 0 and state.evaluation.compilations == 200
+    assert ticks >= 150  # other callbacks ran between the slices
+    assert compiled(state).evaluate("f199", ALICE).value is True
+
+
+async def test_a_request_compiles_its_environment_first_in_slices() -> None:
+    state, _, _, _ = bootstrapped(
+        *(item_envelope("prod", "flag", flag(f"f{i}", 1)) for i in range(50)),
+        item_envelope("dev", "flag", flag("d", 1)),
+    )
+    state.evaluation.slice_seconds = 0.0
+    others = []
+    asyncio.get_running_loop().call_soon(others.append, "ran")
+    await state.evaluation.compiled("prod")
+    assert others == ["ran"]  # the loop ran while "prod" was being compiled
+    assert "prod" not in state.evaluation._filed
+    assert compiled(state).evaluate("f49", ALICE).value is True
+    await state.evaluation.compiled("nowhere")  # nothing to do
+
+
+def test_an_epoch_change_drops_what_was_filed() -> None:
+    state, _, _, _ = bootstrapped(item_envelope("prod", "flag", flag("f", 1)))
+    assert state.evaluation.pending == 1
+    assert state.set_layout("fedcba987654", 3) is False
+    assert state.evaluation.pending == 0
+    assert state.evaluation.environment("prod") is None

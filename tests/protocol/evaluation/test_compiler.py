@@ -557,3 +557,23 @@ def test_results_are_shared_objects() -> None:
     ctx = parse_context(USER)
     assert env.evaluate("f", ctx) is env.evaluate("f", ctx)
     assert env.evaluate("f", ctx).reason == Reason("RULE_MATCH", 0, "r")
+
+
+def test_flag_with_segment_clauses_turns_failures_into_errors() -> None:
+    # The scoped fast path (segment clauses, no prerequisites) catches as the general one.
+    context = parse_context({"kind": "user", "key": "k", "n": 10**5000})
+    seg = {"key": "s", "version": 1, "included": ["k"]}
+    by_n = flag(
+        rules=[
+            {
+                "id": "r",
+                "clauses": [{"attribute": "segmentMatch", "op": "segmentMatch", "values": ["s"]}],
+                "rollout": rollout((0, 100000), bucketBy="n"),
+            }
+        ]
+    )
+    env = CompiledEnvironment.from_items([by_n], [seg])
+    assert reason(env.evaluate("f", context)) == {"kind": "ERROR", "errorKind": "EXCEPTION"}
+    run = env.runner("f")
+    assert run is not None and env.runner("missing") is None
+    assert reason(run(context)) == {"kind": "ERROR", "errorKind": "EXCEPTION"}
