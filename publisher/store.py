@@ -231,6 +231,36 @@ class TokenRecord:
     created_ms: int
     created_by: str
 
+    def to_json(self) -> bytes:
+        """The stored JSON (the Redis store's field names: ``sha256`` for the digest)."""
+        return json.dumps(
+            {
+                "id": self.id,
+                "name": self.name,
+                "sha256": self.secret_sha256,
+                "scopes": list(self.scopes),
+                "environments": None if self.environments is None else list(self.environments),
+                "created_ms": self.created_ms,
+                "created_by": self.created_by,
+            }
+        ).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> TokenRecord:
+        """Decode ``to_json``'s output; also reads ``secret_sha256``, the digest's name in
+        rows the embedded SQLite store wrote before it used ``to_json``."""
+        d = json.loads(raw)
+        envs = d["environments"]
+        return cls(
+            id=d["id"],
+            name=d["name"],
+            secret_sha256=d["sha256"] if "sha256" in d else d["secret_sha256"],
+            scopes=tuple(d["scopes"]),
+            environments=None if envs is None else tuple(envs),
+            created_ms=int(d["created_ms"]),
+            created_by=d["created_by"],
+        )
+
 
 class Store(Protocol):
     """Durable state of the publisher: environments, items, audit log, outbox, tokens, lease.

@@ -20,7 +20,6 @@ restarts. Outbox entry ids are ``"{enqueued_ms}-{seq}"`` like the other stores'.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -444,44 +443,16 @@ def _release_any_lease(tx: sqlite3.Connection) -> None:
     tx.execute("UPDATE lease SET owner = NULL, expires_ms = 0 WHERE name = ?", (_LEASE,))
 
 
-def _token_json(token: TokenRecord) -> bytes:
-    return json.dumps(
-        {
-            "id": token.id,
-            "name": token.name,
-            "secret_sha256": token.secret_sha256,
-            "scopes": list(token.scopes),
-            "environments": None if token.environments is None else list(token.environments),
-            "created_ms": token.created_ms,
-            "created_by": token.created_by,
-        }
-    ).encode()
-
-
-def _token(raw: bytes) -> TokenRecord:
-    d = json.loads(raw)
-    envs = d["environments"]
-    return TokenRecord(
-        id=d["id"],
-        name=d["name"],
-        secret_sha256=d["secret_sha256"],
-        scopes=tuple(d["scopes"]),
-        environments=None if envs is None else tuple(envs),
-        created_ms=int(d["created_ms"]),
-        created_by=d["created_by"],
-    )
-
-
 def _create_token(tx: sqlite3.Connection, token: TokenRecord) -> None:
     tx.execute(
         "INSERT OR REPLACE INTO tokens (id, secret_sha256, created_ms, record) VALUES (?, ?, ?, ?)",
-        (token.id, token.secret_sha256, token.created_ms, _token_json(token)),
+        (token.id, token.secret_sha256, token.created_ms, token.to_json()),
     )
 
 
 def _list_tokens(tx: sqlite3.Connection) -> list[TokenRecord]:
     rows = tx.execute("SELECT record FROM tokens ORDER BY created_ms, id")
-    return [_token(row[0]) for row in rows]
+    return [TokenRecord.from_json(row[0]) for row in rows]
 
 
 def _delete_token(tx: sqlite3.Connection, token_id: str) -> bool:
@@ -491,4 +462,4 @@ def _delete_token(tx: sqlite3.Connection, token_id: str) -> bool:
 def _find_token(tx: sqlite3.Connection, secret_sha256: str) -> TokenRecord | None:
     row = tx.execute("SELECT record FROM tokens WHERE secret_sha256 = ?", (secret_sha256,))
     found = row.fetchone()
-    return None if found is None else _token(found[0])
+    return None if found is None else TokenRecord.from_json(found[0])
