@@ -33,12 +33,12 @@ from publisher.store import (
     ItemWrite,
     KafkaRecord,
     OutboxEntry,
-    PolicyChanged,
     StoreUnavailable,
     TokenRecord,
     UnknownEnvironment,
     VersionConflict,
     WriteOutcome,
+    check_writes,
 )
 
 __all__ = ["SQLiteStore"]
@@ -253,12 +253,9 @@ def _write_item(
     now_ms: int,
     audit_max: int,
 ) -> str:
-    if tx.execute("SELECT 1 FROM environments WHERE key = ?", (env,)).fetchone() is None:
+    if not _environment_exists(tx, env):
         raise UnknownEnvironment(env)
-    row = tx.execute(
-        "SELECT version FROM items WHERE env = ? AND kind = ? AND key = ?", (env, kind, key)
-    ).fetchone()
-    current = 0 if row is None else int(row[0])
+    current = _item_version(tx, env, kind, key)
     if current != expected_version or version != expected_version + 1:
         raise VersionConflict(current)
     tx.execute(
@@ -272,38 +269,12 @@ def _write_item(
 def _write_items(
     tx: sqlite3.Connection, writes: list[ItemWrite], atomic: bool, now_ms: int, audit_max: int
 ) -> list[WriteOutcome]:
-    # Check pass: each write against the state the writes before it would leave.
-    pending: dict[tuple[str, str, str], int] = {}
-    known_envs: dict[str, bool] = {}
-    policies: dict[str, int] = {}
-    failures: list[VersionConflict | UnknownEnvironment | PolicyChanged | None] = []
-    for w in writes:
-        exists = known_envs.get(w.env)
-        if exists is None:
-            row = tx.execute("SELECT 1 FROM environments WHERE key = ?", (w.env,)).fetchone()
-            exists = known_envs[w.env] = row is not None
-        if not exists:
-            failures.append(UnknownEnvironment(w.env))
-            continue
-        if w.policy_revision is not None:
-            policy = policies.get(w.env)
-            if policy is None:
-                policy = policies[w.env] = policy_revision(tx, w.env)
-            if policy != w.policy_revision:
-                failures.append(PolicyChanged(policy))
-                continue
-        current = pending.get((w.env, w.kind, w.key))
-        if current is None:
-            row = tx.execute(
-                "SELECT version FROM items WHERE env = ? AND kind = ? AND key = ?",
-                (w.env, w.kind, w.key),
-            ).fetchone()
-            current = 0 if row is None else int(row[0])
-        if current != w.expected_version or w.version != w.expected_version + 1:
-            failures.append(VersionConflict(current))
-            continue
-        failures.append(None)
-        pending[(w.env, w.kind, w.key)] = w.version
+    failures = check_writes(
+        writes,
+        env_exists=lambda env: _environment_exists(tx, env),
+        policy_revision=lambda env: policy_revision(tx, env),
+        stored_version=lambda env, kind, key: _item_version(tx, env, kind, key),
+    )
     if atomic and any(f is not None for f in failures):
         return ["" if f is None else f for f in failures]
     outcomes: list[WriteOutcome] = []
@@ -318,6 +289,17 @@ def _write_items(
         _append_audit(tx, w.env, w.audit, audit_max)
         outcomes.append(_enqueue(tx, w.outbox, now_ms))
     return outcomes
+
+
+def _environment_exists(tx: sqlite3.Connection, env: str) -> bool:
+    return tx.execute("SELECT 1 FROM environments WHERE key = ?", (env,)).fetchone() is not None
+
+
+def _item_version(tx: sqlite3.Connection, env: str, kind: ItemKind, key: str) -> int:
+    row = tx.execute(
+        "SELECT version FROM items WHERE env = ? AND kind = ? AND key = ?", (env, kind, key)
+    ).fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def policy_revision(tx: sqlite3.Connection, env: str) -> int:
