@@ -19,11 +19,11 @@ from publisher.store import (
     ItemWrite,
     KafkaRecord,
     OutboxEntry,
-    PolicyChanged,
     TokenRecord,
     UnknownEnvironment,
     VersionConflict,
     WriteOutcome,
+    check_writes,
 )
 
 __all__ = ["MemoryStore"]
@@ -99,25 +99,21 @@ class MemoryStore:
     ) -> str:
         if env not in self._envs:
             raise UnknownEnvironment(env)
-        items = self._items.setdefault((env, kind), {})
-        found = items.get(key)
-        current = found[0] if found is not None else 0
+        current = self._version(env, kind, key)
         if current != expected_version or version != expected_version + 1:
             raise VersionConflict(current)
-        items[key] = (version, item)
+        self._items.setdefault((env, kind), {})[key] = (version, item)
         return self._append(env, outbox, audit, now_ms)
 
     async def write_items(
         self, writes: Sequence[ItemWrite], *, atomic: bool, now_ms: int
     ) -> list[WriteOutcome]:
-        # Check pass: each write against the state the writes before it would leave.
-        pending: dict[tuple[str, str, str], int] = {}
-        failures: list[VersionConflict | UnknownEnvironment | PolicyChanged | None] = []
-        for w in writes:
-            failure = self._check(w, pending)
-            failures.append(failure)
-            if failure is None:
-                pending[(w.env, w.kind, w.key)] = w.version
+        failures = check_writes(
+            writes,
+            env_exists=self._envs.__contains__,
+            policy_revision=lambda env: self.policy_revisions.get(env, 0),
+            stored_version=self._version,
+        )
         if atomic and any(f is not None for f in failures):
             return ["" if f is None else f for f in failures]
         outcomes: list[WriteOutcome] = []
@@ -129,22 +125,9 @@ class MemoryStore:
             outcomes.append(self._append(w.env, w.outbox, w.audit, now_ms))
         return outcomes
 
-    def _check(
-        self, w: ItemWrite, pending: dict[tuple[str, str, str], int]
-    ) -> VersionConflict | UnknownEnvironment | PolicyChanged | None:
-        if w.env not in self._envs:
-            return UnknownEnvironment(w.env)
-        if w.policy_revision is not None:
-            policy = self.policy_revisions.get(w.env, 0)
-            if policy != w.policy_revision:
-                return PolicyChanged(policy)
-        current = pending.get((w.env, w.kind, w.key))
-        if current is None:
-            found = self._items.get((w.env, w.kind), {}).get(w.key)
-            current = found[0] if found is not None else 0
-        if current != w.expected_version or w.version != w.expected_version + 1:
-            return VersionConflict(current)
-        return None
+    def _version(self, env: str, kind: ItemKind, key: str) -> int:
+        found = self._items.get((env, kind), {}).get(key)
+        return found[0] if found is not None else 0
 
     def _enqueue(self, record: KafkaRecord, now_ms: int) -> str:
         self._outbox_seq += 1

@@ -26,7 +26,6 @@ twice or turning its own success into a conflict.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar, cast
@@ -264,34 +263,6 @@ def _failure(status: str, env: str) -> VersionConflict | UnknownEnvironment | Po
     if status.startswith("policy:"):
         return PolicyChanged(int(status[7:]))
     return None
-
-
-def _token_to_json(t: TokenRecord) -> bytes:
-    return json.dumps(
-        {
-            "id": t.id,
-            "name": t.name,
-            "sha256": t.secret_sha256,
-            "scopes": list(t.scopes),
-            "environments": None if t.environments is None else list(t.environments),
-            "created_ms": t.created_ms,
-            "created_by": t.created_by,
-        }
-    ).encode()
-
-
-def _token_from_json(raw: bytes) -> TokenRecord:
-    d = json.loads(raw)
-    envs = d["environments"]
-    return TokenRecord(
-        id=d["id"],
-        name=d["name"],
-        secret_sha256=d["sha256"],
-        scopes=tuple(d["scopes"]),
-        environments=None if envs is None else tuple(envs),
-        created_ms=d["created_ms"],
-        created_by=d["created_by"],
-    )
 
 
 class RedisStore:
@@ -553,7 +524,7 @@ class RedisStore:
     @_unavailable
     async def create_token(self, token: TokenRecord) -> None:
         async with self._r.pipeline(transaction=True) as pipe:
-            pipe.hset(self._k("tokens"), token.id, _token_to_json(token))
+            pipe.hset(self._k("tokens"), token.id, token.to_json())
             pipe.hset(self._k("token_hashes"), token.secret_sha256, token.id)
             await pipe.execute()
 
@@ -561,7 +532,7 @@ class RedisStore:
     async def list_tokens(self) -> list[TokenRecord]:
         raw = await self._r.hgetall(self._k("tokens"))
         return sorted(
-            (_token_from_json(v) for v in raw.values()), key=lambda t: (t.created_ms, t.id)
+            (TokenRecord.from_json(v) for v in raw.values()), key=lambda t: (t.created_ms, t.id)
         )
 
     @_unavailable
@@ -576,7 +547,7 @@ class RedisStore:
         raw = await self._find_token(
             keys=[self._k("token_hashes"), self._k("tokens")], args=[secret_sha256]
         )
-        return None if raw is None else _token_from_json(raw)
+        return None if raw is None else TokenRecord.from_json(raw)
 
     # -- test/ops helpers ----------------------------------------------------------------
     @_unavailable

@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -62,6 +62,7 @@ __all__ = [
     "VersionConflict",
     "WriteOutcome",
     "audit_entry",
+    "check_writes",
     "outbox_record",
 ]
 
@@ -231,6 +232,36 @@ class TokenRecord:
     created_ms: int
     created_by: str
 
+    def to_json(self) -> bytes:
+        """The stored JSON (the Redis store's field names: ``sha256`` for the digest)."""
+        return json.dumps(
+            {
+                "id": self.id,
+                "name": self.name,
+                "sha256": self.secret_sha256,
+                "scopes": list(self.scopes),
+                "environments": None if self.environments is None else list(self.environments),
+                "created_ms": self.created_ms,
+                "created_by": self.created_by,
+            }
+        ).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> TokenRecord:
+        """Decode ``to_json``'s output; also reads ``secret_sha256``, the digest's name in
+        rows the embedded SQLite store wrote before it used ``to_json``."""
+        d = json.loads(raw)
+        envs = d["environments"]
+        return cls(
+            id=d["id"],
+            name=d["name"],
+            secret_sha256=d["sha256"] if "sha256" in d else d["secret_sha256"],
+            scopes=tuple(d["scopes"]),
+            environments=None if envs is None else tuple(envs),
+            created_ms=int(d["created_ms"]),
+            created_by=d["created_by"],
+        )
+
 
 class Store(Protocol):
     """Durable state of the publisher: environments, items, audit log, outbox, tokens, lease.
@@ -354,3 +385,43 @@ class Store(Protocol):
 
     async def find_token(self, secret_sha256: str) -> TokenRecord | None:
         """The token whose secret hashes to ``secret_sha256`` (caller compares in constant time)."""
+
+
+def check_writes(
+    writes: Sequence[ItemWrite],
+    *,
+    env_exists: Callable[[str], bool],
+    policy_revision: Callable[[str], int],
+    stored_version: Callable[[str, ItemKind, str], int],
+) -> list[VersionConflict | UnknownEnvironment | PolicyChanged | None]:
+    """The check pass of ``Store.write_items`` for a store that checks outside the backend:
+    each write's failure (None: it may be applied), checked against the state the writes
+    before it would leave. The lookups read the stored state (0: no policy, no item); each
+    environment's existence and policy revision is looked up once."""
+    pending: dict[tuple[str, str, str], int] = {}
+    envs: dict[str, bool] = {}
+    policies: dict[str, int] = {}
+    failures: list[VersionConflict | UnknownEnvironment | PolicyChanged | None] = []
+    for w in writes:
+        exists = envs.get(w.env)
+        if exists is None:
+            exists = envs[w.env] = env_exists(w.env)
+        if not exists:
+            failures.append(UnknownEnvironment(w.env))
+            continue
+        if w.policy_revision is not None:
+            policy = policies.get(w.env)
+            if policy is None:
+                policy = policies[w.env] = policy_revision(w.env)
+            if policy != w.policy_revision:
+                failures.append(PolicyChanged(policy))
+                continue
+        current = pending.get((w.env, w.kind, w.key))
+        if current is None:
+            current = stored_version(w.env, w.kind, w.key)
+        if current != w.expected_version or w.version != w.expected_version + 1:
+            failures.append(VersionConflict(current))
+            continue
+        failures.append(None)
+        pending[(w.env, w.kind, w.key)] = w.version
+    return failures

@@ -21,27 +21,21 @@ guarantees of ``publisher.governance.store`` follow from the transactional layer
 from __future__ import annotations
 
 import sqlite3
-import time
-from collections.abc import Callable
-from typing import Concatenate, ParamSpec, TypeVar
 
-from flagstream.embedded.database import DatabaseUnavailable
-from flagstream.embedded.store import SQLiteStore, _append_audit, _holds, _write_items
+from flagstream.embedded.store import SQLiteStore, _append_audit, _holds, _now_ms, _write_items
 from publisher.governance.store import (
     Collection,
     NotLeaseHolder,
     RecordUpdate,
     ScheduledRef,
     StaleRecord,
+    check_one_environment,
     parse_member,
     schedule_member,
 )
-from publisher.store import ItemWrite, StoreUnavailable
+from publisher.store import ItemWrite
 
 __all__ = ["SQLiteGovernanceStore"]
-
-P = ParamSpec("P")
-T = TypeVar("T")
 
 
 class SQLiteGovernanceStore:
@@ -49,23 +43,9 @@ class SQLiteGovernanceStore:
 
     def __init__(self, store: SQLiteStore) -> None:
         self._store = store
-        self._db = store.db
-
-    async def _write(
-        self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *a: P.args, **kw: P.kwargs
-    ) -> T:
-        try:
-            return await self._db.write(fn, *a, **kw)
-        except DatabaseUnavailable as exc:
-            raise StoreUnavailable(str(exc)) from exc
-
-    async def _read(
-        self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *a: P.args, **kw: P.kwargs
-    ) -> T:
-        try:
-            return await self._db.read(fn, *a, **kw)
-        except DatabaseUnavailable as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        # The store's own transaction runners: same database, same error mapping.
+        self._write = store._write
+        self._read = store._read
 
     async def get(self, collection: Collection, env: str, record_id: str) -> bytes | None:
         return await self._read(_get, collection, env, record_id)
@@ -82,8 +62,7 @@ class SQLiteGovernanceStore:
     async def commit_write(
         self, update: RecordUpdate, write: ItemWrite, *, now_ms: int, lease_owner: str | None
     ) -> str:
-        if update.env != write.env:
-            raise ValueError("a record and the item it writes belong to one environment")
+        check_one_environment(update, write)
         return await self._write(
             _commit_write,
             update,
@@ -105,10 +84,6 @@ class SQLiteGovernanceStore:
 
 
 # --- the transactions: one function each, run on the database thread -----------------------
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _get(tx: sqlite3.Connection, collection: str, env: str, record_id: str) -> bytes | None:

@@ -20,7 +20,6 @@ restarts. Outbox entry ids are ``"{enqueued_ms}-{seq}"`` like the other stores'.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -34,12 +33,12 @@ from publisher.store import (
     ItemWrite,
     KafkaRecord,
     OutboxEntry,
-    PolicyChanged,
     StoreUnavailable,
     TokenRecord,
     UnknownEnvironment,
     VersionConflict,
     WriteOutcome,
+    check_writes,
 )
 
 __all__ = ["SQLiteStore"]
@@ -254,12 +253,9 @@ def _write_item(
     now_ms: int,
     audit_max: int,
 ) -> str:
-    if tx.execute("SELECT 1 FROM environments WHERE key = ?", (env,)).fetchone() is None:
+    if not _environment_exists(tx, env):
         raise UnknownEnvironment(env)
-    row = tx.execute(
-        "SELECT version FROM items WHERE env = ? AND kind = ? AND key = ?", (env, kind, key)
-    ).fetchone()
-    current = 0 if row is None else int(row[0])
+    current = _item_version(tx, env, kind, key)
     if current != expected_version or version != expected_version + 1:
         raise VersionConflict(current)
     tx.execute(
@@ -273,38 +269,12 @@ def _write_item(
 def _write_items(
     tx: sqlite3.Connection, writes: list[ItemWrite], atomic: bool, now_ms: int, audit_max: int
 ) -> list[WriteOutcome]:
-    # Check pass: each write against the state the writes before it would leave.
-    pending: dict[tuple[str, str, str], int] = {}
-    known_envs: dict[str, bool] = {}
-    policies: dict[str, int] = {}
-    failures: list[VersionConflict | UnknownEnvironment | PolicyChanged | None] = []
-    for w in writes:
-        exists = known_envs.get(w.env)
-        if exists is None:
-            row = tx.execute("SELECT 1 FROM environments WHERE key = ?", (w.env,)).fetchone()
-            exists = known_envs[w.env] = row is not None
-        if not exists:
-            failures.append(UnknownEnvironment(w.env))
-            continue
-        if w.policy_revision is not None:
-            policy = policies.get(w.env)
-            if policy is None:
-                policy = policies[w.env] = policy_revision(tx, w.env)
-            if policy != w.policy_revision:
-                failures.append(PolicyChanged(policy))
-                continue
-        current = pending.get((w.env, w.kind, w.key))
-        if current is None:
-            row = tx.execute(
-                "SELECT version FROM items WHERE env = ? AND kind = ? AND key = ?",
-                (w.env, w.kind, w.key),
-            ).fetchone()
-            current = 0 if row is None else int(row[0])
-        if current != w.expected_version or w.version != w.expected_version + 1:
-            failures.append(VersionConflict(current))
-            continue
-        failures.append(None)
-        pending[(w.env, w.kind, w.key)] = w.version
+    failures = check_writes(
+        writes,
+        env_exists=lambda env: _environment_exists(tx, env),
+        policy_revision=lambda env: policy_revision(tx, env),
+        stored_version=lambda env, kind, key: _item_version(tx, env, kind, key),
+    )
     if atomic and any(f is not None for f in failures):
         return ["" if f is None else f for f in failures]
     outcomes: list[WriteOutcome] = []
@@ -319,6 +289,17 @@ def _write_items(
         _append_audit(tx, w.env, w.audit, audit_max)
         outcomes.append(_enqueue(tx, w.outbox, now_ms))
     return outcomes
+
+
+def _environment_exists(tx: sqlite3.Connection, env: str) -> bool:
+    return tx.execute("SELECT 1 FROM environments WHERE key = ?", (env,)).fetchone() is not None
+
+
+def _item_version(tx: sqlite3.Connection, env: str, kind: ItemKind, key: str) -> int:
+    row = tx.execute(
+        "SELECT version FROM items WHERE env = ? AND kind = ? AND key = ?", (env, kind, key)
+    ).fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def policy_revision(tx: sqlite3.Connection, env: str) -> int:
@@ -444,44 +425,16 @@ def _release_any_lease(tx: sqlite3.Connection) -> None:
     tx.execute("UPDATE lease SET owner = NULL, expires_ms = 0 WHERE name = ?", (_LEASE,))
 
 
-def _token_json(token: TokenRecord) -> bytes:
-    return json.dumps(
-        {
-            "id": token.id,
-            "name": token.name,
-            "secret_sha256": token.secret_sha256,
-            "scopes": list(token.scopes),
-            "environments": None if token.environments is None else list(token.environments),
-            "created_ms": token.created_ms,
-            "created_by": token.created_by,
-        }
-    ).encode()
-
-
-def _token(raw: bytes) -> TokenRecord:
-    d = json.loads(raw)
-    envs = d["environments"]
-    return TokenRecord(
-        id=d["id"],
-        name=d["name"],
-        secret_sha256=d["secret_sha256"],
-        scopes=tuple(d["scopes"]),
-        environments=None if envs is None else tuple(envs),
-        created_ms=int(d["created_ms"]),
-        created_by=d["created_by"],
-    )
-
-
 def _create_token(tx: sqlite3.Connection, token: TokenRecord) -> None:
     tx.execute(
         "INSERT OR REPLACE INTO tokens (id, secret_sha256, created_ms, record) VALUES (?, ?, ?, ?)",
-        (token.id, token.secret_sha256, token.created_ms, _token_json(token)),
+        (token.id, token.secret_sha256, token.created_ms, token.to_json()),
     )
 
 
 def _list_tokens(tx: sqlite3.Connection) -> list[TokenRecord]:
     rows = tx.execute("SELECT record FROM tokens ORDER BY created_ms, id")
-    return [_token(row[0]) for row in rows]
+    return [TokenRecord.from_json(row[0]) for row in rows]
 
 
 def _delete_token(tx: sqlite3.Connection, token_id: str) -> bool:
@@ -491,4 +444,4 @@ def _delete_token(tx: sqlite3.Connection, token_id: str) -> bool:
 def _find_token(tx: sqlite3.Connection, secret_sha256: str) -> TokenRecord | None:
     row = tx.execute("SELECT record FROM tokens WHERE secret_sha256 = ?", (secret_sha256,))
     found = row.fetchone()
-    return None if found is None else _token(found[0])
+    return None if found is None else TokenRecord.from_json(found[0])

@@ -248,17 +248,14 @@ class ChangeRequests:
         policy: Policy,
         **extra: Any,
     ) -> None:
-        audit = self.core.event(
+        audit = self.core.record_event(
+            "change-request",
+            before,
+            after,
             actor=actor,
             action=action,
-            kind="change-request",
-            key=after.id,
-            version=after.revision,
-            before=None if before is None else before.view(),
-            after=after.view(policy.required_approvals),
             comment=comment,
-            at_ms=after.updated_ms,
-            request_id=after.id,
+            after_view=after.view(policy.required_approvals),
             resource=after.resource,
             **extra,
         )

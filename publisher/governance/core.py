@@ -205,6 +205,34 @@ class GovernanceCore:
             extra=extra,
         )
 
+    def record_event(
+        self,
+        kind: str,
+        before: ChangeRequest | Trigger | RolloutPlan | None,
+        after: ChangeRequest | Trigger | RolloutPlan,
+        *,
+        actor: str,
+        action: str,
+        comment: str | None,
+        after_view: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> bytes:
+        """``event`` for a step in a record's life: keyed and versioned by the record, at its
+        update time, with its id as the request id; ``after_view`` replaces ``after.view()``."""
+        return self.event(
+            actor=actor,
+            action=action,
+            kind=kind,
+            key=after.id,
+            version=after.revision,
+            before=None if before is None else before.view(),
+            after=after.view() if after_view is None else after_view,
+            comment=comment,
+            at_ms=after.updated_ms,
+            request_id=after.id,
+            **extra,
+        )
+
     async def read_audit(
         self, env: str, limit: int, *, request_id: str | None, actor: str | None
     ) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from publisher.governance.store import (
     RecordUpdate,
     ScheduledRef,
     StaleRecord,
+    check_one_environment,
     parse_member,
     schedule_member,
 )
@@ -91,8 +92,7 @@ class MemoryGovernanceStore:
     async def commit_write(
         self, update: RecordUpdate, write: ItemWrite, *, now_ms: int, lease_owner: str | None
     ) -> str:
-        if update.env != write.env:
-            raise ValueError("a record and the item it writes belong to one environment")
+        check_one_environment(update, write)
         if lease_owner is not None and not self._store._holds(lease_owner):
             raise NotLeaseHolder(lease_owner)
         self._check(update)

@@ -26,6 +26,7 @@ __all__ = [
     "RolloutPlan",
     "RolloutStep",
     "Trigger",
+    "approvals",
     "dumps",
 ]
 
@@ -134,6 +135,20 @@ def _reviews_from(raw: list[dict[str, Any]]) -> tuple[Review, ...]:
     return tuple(Review.from_dict(r) for r in raw)
 
 
+def approvals(reviews: tuple[Review, ...]) -> int:
+    """How many of ``reviews`` approve."""
+    return sum(1 for r in reviews if r.decision == "approve")
+
+
+def _stored(
+    view: dict[str, Any], author: Identity, reviews: tuple[Review, ...], **extra: Any
+) -> bytes:
+    """A reviewed record's stored JSON: its view with the full author and reviews (the view
+    shows names only), then ``extra``."""
+    view.update(extra, author=author.to_dict(), reviews=[r.to_dict() for r in reviews])
+    return dumps(view)
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """What a change request does to its resource: exactly one of the three forms."""
@@ -188,7 +203,7 @@ class ChangeRequest:
 
     @property
     def approvals(self) -> int:
-        return sum(1 for r in self.reviews if r.decision == "approve")
+        return approvals(self.reviews)
 
     def view(self, required_approvals: int | None = None) -> dict[str, Any]:
         out = {
@@ -219,13 +234,7 @@ class ChangeRequest:
         return out
 
     def to_json(self) -> bytes:
-        d = self.view()
-        d.update(
-            seq=self.seq,
-            author=self.author.to_dict(),
-            reviews=[r.to_dict() for r in self.reviews],
-        )
-        return dumps(d)
+        return _stored(self.view(), self.author, self.reviews, seq=self.seq)
 
     @classmethod
     def from_json(cls, raw: bytes) -> ChangeRequest:
@@ -291,7 +300,7 @@ class Trigger:
             "updatedAt": self.updated_ms,
             "revision": self.revision,
             "reviewStatus": self.review_status,
-            "approvals": sum(1 for r in self.reviews if r.decision == "approve"),
+            "approvals": approvals(self.reviews),
             "reviews": [r.view() for r in self.reviews],
             "firedCount": self.fired_count,
             "lastFiredAt": self.last_fired_ms,
@@ -299,13 +308,7 @@ class Trigger:
         }
 
     def to_json(self) -> bytes:
-        d = self.view()
-        d.update(
-            secretSha256=self.secret_sha256,
-            author=self.author.to_dict(),
-            reviews=[r.to_dict() for r in self.reviews],
-        )
-        return dumps(d)
+        return _stored(self.view(), self.author, self.reviews, secretSha256=self.secret_sha256)
 
     @classmethod
     def from_json(cls, raw: bytes) -> Trigger:
@@ -381,7 +384,7 @@ class RolloutPlan:
             "revision": self.revision,
             "status": self.status,
             "reviewStatus": self.review_status,
-            "approvals": sum(1 for r in self.reviews if r.decision == "approve"),
+            "approvals": approvals(self.reviews),
             "reviews": [r.view() for r in self.reviews],
             "currentStep": self.current_step,
             "currentPercent": (
@@ -394,11 +397,7 @@ class RolloutPlan:
         }
 
     def to_json(self) -> bytes:
-        d = self.view()
-        d.update(
-            seq=self.seq, author=self.author.to_dict(), reviews=[r.to_dict() for r in self.reviews]
-        )
-        return dumps(d)
+        return _stored(self.view(), self.author, self.reviews, seq=self.seq)
 
     @classmethod
     def from_json(cls, raw: bytes) -> RolloutPlan:

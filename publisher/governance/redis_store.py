@@ -34,6 +34,7 @@ from publisher.governance.store import (
     RecordUpdate,
     ScheduledRef,
     StaleRecord,
+    check_one_environment,
     parse_member,
     schedule_member,
 )
@@ -190,8 +191,7 @@ class RedisGovernanceStore:
     async def commit_write(
         self, update: RecordUpdate, write: ItemWrite, *, now_ms: int, lease_owner: str | None
     ) -> str:
-        if update.env != write.env:
-            raise ValueError("a record and the item it writes belong to one environment")
+        check_one_environment(update, write)
         s, env = self._s, write.env
         result = await self._commit(
             keys=[

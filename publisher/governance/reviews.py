@@ -18,7 +18,14 @@ from __future__ import annotations
 
 from typing import Final
 
-from publisher.governance.model import Decision, Identity, Policy, Review, ReviewStatus
+from publisher.governance.model import (
+    Decision,
+    Identity,
+    Policy,
+    Review,
+    ReviewStatus,
+    approvals,
+)
 from publisher.problems import ApiError
 
 __all__ = ["DECISIONS", "add_review", "parse_decision", "review_status"]
@@ -37,8 +44,7 @@ def parse_decision(value: object) -> Decision:
 def review_status(reviews: tuple[Review, ...], policy: Policy) -> ReviewStatus:
     if any(r.decision == "decline" for r in reviews):
         return "declined"
-    approvals = sum(1 for r in reviews if r.decision == "approve")
-    return "approved" if approvals >= policy.required_approvals else "pending"
+    return "approved" if approvals(reviews) >= policy.required_approvals else "pending"
 
 
 def add_review(

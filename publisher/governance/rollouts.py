@@ -111,17 +111,13 @@ class Rollouts:
         comment: str | None,
         **extra: Any,
     ) -> None:
-        audit = self.core.event(
+        audit = self.core.record_event(
+            "rollout-plan",
+            before,
+            after,
             actor=actor,
             action=action,
-            kind="rollout-plan",
-            key=after.id,
-            version=after.revision,
-            before=None if before is None else before.view(),
-            after=after.view(),
             comment=comment,
-            at_ms=after.updated_ms,
-            request_id=after.id,
             flag=after.flag,
             **extra,
         )

@@ -58,6 +58,7 @@ __all__ = [
     "ScheduledRef",
     "SecretIndex",
     "StaleRecord",
+    "check_one_environment",
     "parse_member",
     "schedule_member",
 ]
@@ -121,6 +122,12 @@ def parse_member(member: str, at_ms: int) -> ScheduledRef:
     if collection not in COLLECTIONS:
         raise ValueError(f"not a schedule member: {member!r}")
     return ScheduledRef(cast(Collection, collection), env, record_id, at_ms)
+
+
+def check_one_environment(update: RecordUpdate, write: ItemWrite) -> None:
+    """``commit_write``'s precondition: the record and its item write share an environment."""
+    if update.env != write.env:
+        raise ValueError("a record and the item it writes belong to one environment")
 
 
 class GovernanceStore(Protocol):

@@ -106,17 +106,13 @@ class Triggers:
         comment: str | None,
         **extra: Any,
     ) -> bytes:
-        return self.core.event(
+        return self.core.record_event(
+            "trigger",
+            before,
+            after,
             actor=actor,
             action=action,
-            kind="trigger",
-            key=after.id,
-            version=after.revision,
-            before=None if before is None else before.view(),
-            after=after.view(),
             comment=comment,
-            at_ms=after.updated_ms,
-            request_id=after.id,
             flag=after.flag,
             **extra,
         )

@@ -132,3 +132,15 @@ async def test_tokens(store: Store) -> None:
     assert await store.delete_token("id2") is False
     assert await store.find_token("2" * 64) is None
     assert await store.list_tokens() == [t1]
+
+
+def test_token_json_keeps_the_stored_field_names_and_reads_the_old_digest_name() -> None:
+    # Existing Redis data holds these names (and the delete script reads ``sha256``).
+    token = TokenRecord("id1", "ci", "1" * 64, ("read",), ("prod",), 5, "admin")
+    assert token.to_json() == (
+        b'{"id": "id1", "name": "ci", "sha256": "' + b"1" * 64 + b'", "scopes": ["read"],'
+        b' "environments": ["prod"], "created_ms": 5, "created_by": "admin"}'
+    )
+    assert TokenRecord.from_json(token.to_json()) == token
+    old = token.to_json().replace(b'"sha256"', b'"secret_sha256"')  # SQLite rows before
+    assert TokenRecord.from_json(old) == token

@@ -3,6 +3,8 @@ that contract on it): everything survives a reopen, a previous process's lease d
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from pathlib import Path
 
 from embedded_support import embedded
@@ -77,3 +79,29 @@ async def test_audit_keeps_the_newest_entries(tmp_path: Path) -> None:
         assert await store.read_audit("e", 0) == []
     finally:
         await backends.close()
+
+
+async def test_reads_token_rows_written_with_the_old_digest_name(tmp_path: Path) -> None:
+    token = TokenRecord("t1", "ci", "f" * 64, ("read",), None, 5, "admin")
+    old_row = json.dumps(
+        {
+            "id": "t1",
+            "name": "ci",
+            "secret_sha256": "f" * 64,
+            "scopes": ["read"],
+            "environments": None,
+            "created_ms": 5,
+            "created_by": "admin",
+        }
+    ).encode()
+
+    def insert(tx: sqlite3.Connection) -> None:
+        tx.execute(
+            "INSERT INTO tokens (id, secret_sha256, created_ms, record) VALUES (?, ?, ?, ?)",
+            ("t1", "f" * 64, 5, old_row),
+        )
+
+    async with embedded(tmp_path / "d") as backends:
+        await backends.store.db.write(insert)
+        assert await backends.store.find_token("f" * 64) == token
+        assert await backends.store.list_tokens() == [token]
