@@ -100,7 +100,7 @@ class OfrepError(Exception):
 def parse_request(body: bytes) -> Context:
     """The evaluation context of an OFREP request body; raises ``OfrepError``."""
     try:
-        obj = json.loads(body)
+        obj = json.loads(_json_text(body))
     except (ValueError, RecursionError):
         raise OfrepError("PARSE_ERROR", "the request body is not valid JSON") from None
     if not isinstance(obj, dict):
@@ -111,6 +111,15 @@ def parse_request(body: bytes) -> Context:
     if not isinstance(context, dict):
         raise OfrepError("INVALID_CONTEXT", '"context" must be a JSON object')
     return map_context(context)
+
+
+def _json_text(body: bytes) -> str | bytes:
+    """``body`` decoded as ``json.loads`` would decode it, skipping its encoding detection
+    (``json.detect_encoding``) in the usual case: a body opening with ``{`` not followed by
+    a NUL byte is UTF-8 to it. Anything else is left to ``json.loads``."""
+    if body[:1] == b"{" and body[1:2] != b"\0":
+        return body.decode("utf-8", "surrogatepass")
+    return body
 
 
 def map_context(context: Mapping[str, Any]) -> Context:
@@ -256,7 +265,8 @@ def event_streams_json(url: str, inactivity_delay: int) -> bytes:
 
 def bulk_body(flags: Iterable[bytes], event_streams: bytes) -> bytes:
     """A bulk answer from already-encoded flag answers and ``event_streams_json``."""
-    return b'{"flags":[' + b",".join(flags) + b'],"eventStreams":' + event_streams + b"}"
+    # One join of the parts: chaining ``+`` would copy the whole (tens of KB) answer per part.
+    return b"".join((b'{"flags":[', b",".join(flags), b'],"eventStreams":', event_streams, b"}"))
 
 
 def bulk_etag(position: str, audience: str, request_body: bytes, event_streams: bytes) -> str:

@@ -193,8 +193,12 @@ class OfrepRoutes:
         limit = self.settings.ofrep_max_body_bytes
         length = request.content_length
         if length is None or length <= limit:
+            content = request.content
             try:
-                body = await request.read()
+                if content.is_eof():  # all of it arrived (a small body, usually): no awaits
+                    body = content.read_nowait()
+                else:
+                    body = await request.read()
             except web.HTTPRequestEntityTooLarge:  # chunked, over aiohttp's own limit
                 body = None
             if body is not None and len(body) <= limit:

@@ -21,6 +21,7 @@ Rules (in the order a request meets them):
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, Final
 
 from protocol.evaluation import CompiledFlag, Context, EvaluationResult, SdkKind
@@ -36,13 +37,16 @@ MAX_RESULTS_PER_FLAG: Final = 64
 class _Encoded:
     """What is kept for one flag version: its info and its encoded results by identity."""
 
-    __slots__ = ("flag", "info", "results")
+    __slots__ = ("bodies", "flag", "info", "results")
 
     def __init__(self, flag: CompiledFlag, info: FlagInfo) -> None:
         self.flag = flag
         self.info = info
-        # id(result) -> (result, status, json); the result is held so its id stays unique.
+        # id(result) -> (result, status, json). The result is held, so while it is kept no
+        # other live object has its id: a hit by id is that very result.
         self.results: dict[int, tuple[EvaluationResult, int, bytes]] = {}
+        # id(result) -> json, the same entries: what a bulk answer needs, one lookup each.
+        self.bodies: dict[int, bytes] = {}
 
 
 class _View:
@@ -52,7 +56,10 @@ class _View:
     __slots__ = ("constant", "dynamic", "offset")
 
     def __init__(
-        self, offset: int, constant: bytes, dynamic: list[tuple[Runner, _Encoded]]
+        self,
+        offset: int,
+        constant: bytes,
+        dynamic: list[tuple[Runner, Callable[[int], bytes | None], _Encoded]],
     ) -> None:
         self.offset = offset
         self.constant = constant
@@ -92,12 +99,14 @@ class OfrepAnswers:
         view = self._view(env, audience)
         parts: list[bytes] = []
         append = parts.append
-        for run, kept in view.dynamic:  # _encode inlined: this loop is the per-request cost
+        # _encode inlined, with each flag's ``bodies.get`` bound once per view (the dicts are
+        # cleared, never replaced): this loop is the per-request cost.
+        for run, body_of, kept in view.dynamic:
             result = run(context)
-            hit = kept.results.get(id(result))
-            if hit is None or hit[0] is not result:
-                hit = _encode_into(kept, result)
-            append(hit[2])
+            body = body_of(id(result))
+            if body is None:
+                body = _encode_into(kept, result)[2]
+            append(body)
         if view.constant:
             parts.append(view.constant)
         return parts
@@ -112,7 +121,7 @@ class OfrepAnswers:
         compiled = self._state.evaluation.environment(env)
         assert compiled is not None
         constant: list[bytes] = []
-        dynamic: list[tuple[Runner, _Encoded]] = []
+        dynamic: list[tuple[Runner, Callable[[int], bytes | None], _Encoded]] = []
         for flag in compiled.flags.values():
             if not compiled.visible(flag.key, audience):
                 continue
@@ -121,7 +130,8 @@ class OfrepAnswers:
             else:
                 run = compiled.runner(flag.key)
                 assert run is not None  # every flag of the environment has one
-                dynamic.append((run, self._kept(env, flag)))
+                kept = self._kept(env, flag)
+                dynamic.append((run, kept.bodies.get, kept))
         self._prune(env, compiled.flags)
         view = self._views[(env, audience)] = _View(
             environment.offset, b",".join(constant), dynamic
@@ -143,7 +153,7 @@ class OfrepAnswers:
     ) -> tuple[EvaluationResult, int, bytes]:
         kept = self._kept(env, flag)
         hit = kept.results.get(id(result))
-        if hit is not None and hit[0] is result:
+        if hit is not None:  # the very same result (see _Encoded)
             return hit
         return _encode_into(kept, result)
 
@@ -171,5 +181,7 @@ def _encode_into(kept: _Encoded, result: EvaluationResult) -> tuple[EvaluationRe
     status, body = encode_evaluation(result, kept.info)
     if len(kept.results) >= MAX_RESULTS_PER_FLAG:
         kept.results.clear()
+        kept.bodies.clear()
     entry = kept.results[id(result)] = (result, status, body)
+    kept.bodies[id(result)] = body
     return entry

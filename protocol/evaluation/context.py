@@ -296,14 +296,11 @@ def _old_user(obj: dict[str, Any]) -> SingleContext:
 
 def _check_depth(obj: dict[str, Any]) -> None:
     """Refuse values nested deeper than MAX_DEPTH (iteratively: no recursion limit)."""
-    stack: list[tuple[object, int]] = [(obj, 0)]
+    # Only containers are pushed (a context is mostly scalars, which need no check).
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(obj, 0)]
     while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict):
-            if depth >= MAX_DEPTH:
-                raise ContextError(f"context is nested deeper than {MAX_DEPTH} levels")
-            stack.extend((v, depth + 1) for v in value.values())
-        elif isinstance(value, list):
-            if depth >= MAX_DEPTH:
-                raise ContextError(f"context is nested deeper than {MAX_DEPTH} levels")
-            stack.extend((v, depth + 1) for v in value)
+        container, depth = stack.pop()
+        if depth >= MAX_DEPTH:
+            raise ContextError(f"context is nested deeper than {MAX_DEPTH} levels")
+        values = container.values() if isinstance(container, dict) else container
+        stack.extend((v, depth + 1) for v in values if isinstance(v, (dict, list)))

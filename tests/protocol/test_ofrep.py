@@ -49,6 +49,25 @@ def test_request_errors() -> None:
     assert error(b'{"context": null}')[0] == "TARGETING_KEY_MISSING"
 
 
+def test_request_bodies_decode_as_json_loads_would() -> None:
+    # The UTF-8 fast path and json.loads' own encoding detection read the same bodies.
+    body = {"context": {"targetingKey": "u\u00e9", "odd": "\ud800"}}
+    text = json.dumps(body)
+    for raw in (
+        text.encode(),
+        text.encode("utf-8", "surrogatepass"),
+        text.encode("utf-16-le", "surrogatepass"),
+        text.encode("utf-16", "surrogatepass"),  # with its byte-order mark
+        b"\xef\xbb\xbf" + text.encode(),  # UTF-8 byte-order mark
+    ):
+        context = parse_request(raw)
+        user = context.individual("user")
+        assert user is not None and user.key == "u\u00e9"
+        assert user.attributes["odd"] == "\ud800"
+    assert error(b'{"context": "\xff"}')[0] == "PARSE_ERROR"  # not UTF-8
+    assert error(b"{\0")[0] == "PARSE_ERROR"
+
+
 def test_single_context_mapping() -> None:
     context = parse_request(
         json.dumps(

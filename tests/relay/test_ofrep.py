@@ -41,6 +41,7 @@ from relay_support import (
 )
 
 from protocol.position import parse_position
+from relay import ofrep_answers
 
 ALICE = {"targetingKey": "alice", "email": "alice@ex.com", "plan": "pro"}
 
@@ -263,6 +264,24 @@ async def test_bulk_answers_every_flag_like_the_single_route(client: OfrepClient
     assert stream["url"].startswith(f"{client.base}/ofrep/v1/notices?token=")
     assert SDK_KEY not in stream["url"]
     assert answer.headers["Cache-Control"] == "private, no-cache"
+
+
+async def test_answers_stay_right_when_the_encoded_results_are_dropped(
+    client: OfrepClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Keep one encoded result per flag version: every other request re-encodes (and drops),
+    # through the bulk loop and the single route alike.
+    monkeypatch.setattr(ofrep_answers, "MAX_RESULTS_PER_FLAG", 1)
+    contexts = [
+        {"targetingKey": f"user-{i}", "email": f"u{i}@ex.com", "plan": ("pro", "free")[i % 2]}
+        for i in range(6)
+    ]
+    for context in [*contexts, *contexts]:
+        answer = await client.bulk(context)
+        assert answer.status == 200
+        for item in answer.json["flags"]:
+            single = await client.flag(item["key"], context)
+            assert single.json == item, (item["key"], context)
 
 
 async def test_bulk_errors(client: OfrepClient) -> None:
