@@ -9,7 +9,7 @@ drain; this module decides, for one environment's evaluated streams, which bytes
    (``protocol.evaluation.context``), so one group's streams all get the same bytes. A group
    lives while it has a stream; it holds the parsed context once.
 2. Baseline. Each environment with evaluated streams keeps the compiled flags and segments as
-   of its last round (shallow copies of two dicts: compiled items are immutable per
+   of its last round's start (shallow copies of two dicts: compiled items are immutable per
    version), so a round can tell whether a result changed without keeping any per-stream
    or per-group result.
 3. A round takes the hub's coalesced changes of the environment (ordered by offset) and the
@@ -27,7 +27,16 @@ drain; this module decides, for one environment's evaluated streams, which bytes
    changes, possibly a state the baseline never had) get every affected flag's event with
    an offset above their start, unsuppressed: the comparison of rule 3 is only valid for
    streams that hold the baseline.
-6. After the round the baseline is the current state (every pending change was taken).
+6. Slices. A round (``EvalRound``) evaluates from its own snapshot of the current state and
+   its own copy of the baseline, over the groups that existed when it started, in that
+   order, a slice at a time (``step(budget)``: about ``budget`` evaluations), so the hub can
+   write a slice's events and yield to the event loop between slices. A change applied
+   while a round is in progress never leaks into it: it waits for the next round, which
+   compares against this round's snapshot. A group whose streams all left is skipped; a
+   group made during the round is not in it (its streams' ``put`` is at least as new as
+   the snapshot, so the round holds nothing for them).
+7. The baseline is the current state as soon as a round starts (every pending change was
+   taken): the next round, or a group joining an emptied environment, starts from it.
 """
 
 from __future__ import annotations
@@ -48,7 +57,15 @@ from relay.stream import Connection
 if TYPE_CHECKING:
     from relay.state import Change
 
-__all__ = ["ContextGroup", "EnvContexts", "GroupEvents", "GroupKey", "GroupSpec"]
+__all__ = [
+    "ContextGroup",
+    "EnvContexts",
+    "EvalRound",
+    "GroupEvents",
+    "GroupKey",
+    "GroupSpec",
+    "RoundStats",
+]
 
 GroupKey = tuple[SdkKind, bool, str]  # audience, with reasons, context fingerprint
 
@@ -104,7 +121,7 @@ class RoundStats:
 
 
 class EnvContexts:
-    """The evaluated-stream groups of one environment, with their baseline (rule 2)."""
+    """The evaluated-stream groups of one environment, with their baseline (rules 2, 7)."""
 
     __slots__ = ("baseline_flags", "baseline_offset", "baseline_segments", "groups")
 
@@ -154,38 +171,95 @@ class EnvContexts:
             self.baseline_segments = dict(compiled.segments)
         self.baseline_offset = offset
 
-    def round(
+    def start_round(
         self,
         changes: Sequence[Change],
         compiled: CompiledEnvironment | None,
         offset: int,
         epoch: str,
-    ) -> tuple[list[GroupEvents], RoundStats]:
-        """Rules 3-6 for ``changes`` (ordered by offset); ``offset`` is the environment's
-        position after them."""
-        stats = RoundStats()
+    ) -> EvalRound | None:
+        """Rules 3-7 for ``changes`` (ordered by offset); ``offset`` is the environment's
+        position after them. Returns the round to step through (None: nothing to evaluate).
+        The baseline moves to the current state now (rule 7): the round keeps the previous
+        one and a snapshot of the current one, so later changes never leak into it."""
         affected: dict[str, int] = {}
         for change in changes:
             for key in change.affected_flags:
                 affected[key] = change.offset
-        out: list[GroupEvents] = []
-        if affected and self.groups:
-            flags = compiled.flags if compiled is not None else {}
-            plan = sorted(
-                (
-                    (off, key, flags.get(key), self.baseline_flags.get(key))
-                    for key, off in affected.items()
-                ),
-                key=_plan_order,
-            )
-            round_ = _Round(compiled, flags, self.baseline_flags, self.baseline_segments, epoch)
-            for group in self.groups.values():
-                events = round_.group_events(group, plan, self.baseline_offset)
-                if events is not None:
-                    out.append(events)
-            stats = round_.stats
+        base_flags, base_segments = self.baseline_flags, self.baseline_segments
+        base_offset = self.baseline_offset
         self.set_baseline(compiled, offset)
-        return out, stats
+        if not affected or not self.groups:
+            return None
+        flags = self.baseline_flags  # the snapshot: set_baseline copies, never mutates it
+        plan = sorted(
+            ((off, key, flags.get(key), base_flags.get(key)) for key, off in affected.items()),
+            key=_plan_order,
+        )
+        memo = _Round(flags, self.baseline_segments, base_flags, base_segments, epoch)
+        return EvalRound(memo, plan, list(self.groups.values()), base_offset)
+
+
+class EvalRound:
+    """One round's evaluation of an environment's groups, in slices (rule 6).
+
+    ``step(budget)`` evaluates the next groups, in the order they existed when the round
+    started, until about ``budget`` evaluations are spent (at least one group), and returns
+    their events. Every group is visited once; a group whose streams all left is skipped;
+    groups made after the round started are not in it (their streams' ``put`` came from
+    a state at least as new as the round's)."""
+
+    __slots__ = ("_groups", "_index", "_memo", "_plan", "baseline_offset")
+
+    def __init__(
+        self, memo: _Round, plan: list[_Plan], groups: list[ContextGroup], baseline_offset: int
+    ) -> None:
+        self._memo = memo
+        self._plan = plan
+        self._groups = groups
+        self._index = 0
+        self.baseline_offset = baseline_offset
+
+    @property
+    def done(self) -> bool:
+        return self._index >= len(self._groups)
+
+    @property
+    def stats(self) -> RoundStats:
+        """Totals so far (all of the round's once ``done``)."""
+        return self._memo.stats
+
+    def remaining(self) -> int:
+        """Groups not yet visited."""
+        return len(self._groups) - self._index
+
+    def step(self, budget: int) -> tuple[list[GroupEvents], int]:
+        """Events of the next groups and the evaluation budget they used (see the class)."""
+        groups, plan, memo = self._groups, self._plan, self._memo
+        cost = max(1, len(plan))
+        end = len(groups)
+        index = self._index
+        spent = 0
+        out: list[GroupEvents] = []
+        while index < end:
+            group = groups[index]
+            if group.members <= 0:
+                index += 1
+                continue  # every stream of it left during the round
+            if spent and spent + cost > budget:
+                break
+            index += 1
+            spent += cost
+            events = memo.group_events(group, plan, self.baseline_offset)
+            if events is not None:
+                out.append(events)
+        self._index = index
+        return out, spent
+
+    def run_all(self) -> tuple[list[GroupEvents], RoundStats]:
+        """The whole round at once (a small round, or a test)."""
+        events, _ = self.step(1 << 62)
+        return events, self.stats
 
 
 _Plan = tuple[int, str, CompiledFlag | None, CompiledFlag | None]
@@ -205,27 +279,31 @@ class _Round:
         "_deletes",
         "_encoded",
         "_evaluations",
+        "_new_runs",
+        "_new_scope",
         "_unversioned",
         "base_flags",
         "base_segments",
-        "compiled",
         "epoch",
         "flags",
+        "segments",
         "stats",
     )
 
     def __init__(
         self,
-        compiled: CompiledEnvironment | None,
         flags: dict[str, CompiledFlag],
+        segments: dict[str, CompiledSegment],
         base_flags: dict[str, CompiledFlag],
         base_segments: dict[str, CompiledSegment],
         epoch: str,
     ) -> None:
-        self.compiled, self.flags = compiled, flags
+        self.flags, self.segments = flags, segments
         self.base_flags, self.base_segments = base_flags, base_segments
-        # The baseline's own reusable scope and runners, made once per round (the current
-        # state's are the compiled environment's).
+        # Both states' own reusable scopes and runners, made once per round: the compiled
+        # environment moves on while a sliced round runs (rule 6), its snapshot does not.
+        self._new_scope = new_scope(flags, segments)
+        self._new_runs: dict[str, Runner] = {}
         self._base_scope = new_scope(base_flags, base_segments)
         self._base_runs: dict[str, Runner] = {}
         self.epoch = epoch
@@ -242,8 +320,12 @@ class _Round:
         found = self._evaluations.get(memo_key)
         if found is None:
             stats = self.stats
-            assert self.compiled is not None  # `new` is one of its flags
-            new_result = self.compiled.evaluate(key, context)
+            run_new = self._new_runs.get(key)
+            if run_new is None:
+                run_new = self._new_runs[key] = new.runner(
+                    self.flags, self.segments, self._new_scope
+                )
+            new_result = run_new(context)
             stats.new_evaluations += 1
             old_result = None
             if old is not None:

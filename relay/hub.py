@@ -41,6 +41,14 @@ Rules (in the order a change meets them):
    environment's groups for their events (one evaluation per affected flag per distinct
    context, one encoding per distinct result) and writes each group's batch, framed once
    per framing, to every stream of the group exactly as rule 2 writes a stream kind's batch.
+   Evaluation is sliced like writing (rule 4): at most ``slice_evaluations`` evaluations
+   (groups x affected flags, at least one group) per loop tick; each slice's writes are
+   queued before the next slice, and the round's other work (the next round included)
+   waits behind it, so a stream's events keep their order and the next round compares
+   against this one's state (``relay.evalstream`` rules 6-7). A round that fits in one
+   slice is evaluated and written in the tick that starts it, as before: no task, no sleep.
+   A stream still preparing when its group is evaluated queues that group's events; one
+   that registers later already holds the round's state (rule 3 filters it).
    Adding a stream kind means: a branch in ``_encode`` (same bytes for every stream of the
    kind), or a group provider like ``relay.evalstream`` (bytes per group).
 
@@ -69,7 +77,7 @@ from aiohttp import hdrs, web
 
 from protocol import ld, ofrep
 from protocol.clientside import PING_EVENT
-from relay.evalstream import EnvContexts, GroupEvents, GroupSpec
+from relay.evalstream import EnvContexts, EvalRound, GroupEvents, GroupSpec
 from relay.state import item_event
 from relay.stream import CHUNKED_EOF, Connection, StreamKind, StreamProtocol, frame
 
@@ -86,6 +94,9 @@ __all__ = ["Hub", "worker_identity"]
 
 # Writes per loop tick before a round yields to other callbacks (accepts, consumer).
 DEFAULT_SLICE_WRITES = 4096
+# Evaluations (context groups x affected flags) per loop tick before an evaluated round
+# yields (rule 8): a few milliseconds of evaluation and encoding.
+DEFAULT_SLICE_EVALUATIONS = 256
 
 # Offsets are >= 0; a heartbeat "offset" above any real one is never filtered (rule 3).
 _NO_OFFSET = 1 << 62
@@ -159,6 +170,17 @@ class _Job:
 
 
 @dataclass(slots=True)
+class _EvalJob:
+    """An evaluated round of one environment still being evaluated (rule 8): each slice's
+    write jobs run before its next slice."""
+
+    env: _EnvStreams
+    round: EvalRound
+    changes: list[Change]  # the round's changes (metrics)
+    wrote: bool = False  # a slice queued a write job (the last one gets ``done``)
+
+
+@dataclass(slots=True)
 class _EnvStreams:
     """The streams of one environment, by (stream kind, chunked framing)."""
 
@@ -188,6 +210,7 @@ class Hub:
         self._jitter = settings.lifetime_jitter
         self._retry_after = str(settings.retry_after)
         self.slice_writes = DEFAULT_SLICE_WRITES
+        self.slice_evaluations = DEFAULT_SLICE_EVALUATIONS
         # Detached streams: serve_stream returns once the stream is set up and aiohttp forgets
         # the connection (see relay.stream). relay.server turns this on; the default keeps
         # the CONTRACTS.md behaviour (serve_stream returns when the stream has ended).
@@ -200,7 +223,7 @@ class Hub:
         self._count = 0
         self._draining = False
         self._pending: dict[str, dict[tuple[str, str], Change]] = {}
-        self._jobs: deque[_Job] = deque()
+        self._jobs: deque[_Job | _EvalJob] = deque()
         self._flush_handle: asyncio.Handle | None = None
         self._run_handle: asyncio.Handle | None = None
         self._tick_handle: asyncio.TimerHandle | None = None
@@ -543,34 +566,22 @@ class Hub:
             kinds = {kind for (kind, _), conns in env.groups.items() if conns}
             kinds.update(conn.kind for conn in env.preparing if conn.kind != "eval")
             batches = {kind: _encode(ordered, kind) for kind in kinds}
-            group_batches = self._evaluated_round(env_key, env, ordered)
             for conn in env.preparing:
-                if conn.group is not None:
-                    batch = _group_batch(group_batches, conn)
-                else:
-                    batch = batches.get(conn.kind)
-                if batch is not None and conn.pending is not None:
-                    index = batch.suffix_index(conn.start_offset)
-                    if index < len(batch.frames):
-                        conn.pending.append(batch.suffix(index, False))  # unframed
+                if conn.group is None:
+                    _queue_pending(conn, batches.get(conn.kind))
             last: _Job | None = None
             for (kind, chunked), conns in env.groups.items():
                 batch = batches.get(kind)
                 if batch is not None and conns:
                     last = _Job(batch, chunked, list(conns))
                     self._jobs.append(last)
-            for events, batch, late in group_batches.values():
-                for chunked, conns in events.group.conns.items():
-                    if not conns:
-                        continue
-                    if late is None:
-                        targets = {batch: list(conns)} if batch is not None else {}
-                    else:
-                        targets = _split_late(conns, events, batch, late)
-                    for target_batch, target_conns in targets.items():
-                        last = _Job(target_batch, chunked, target_conns)
-                        self._jobs.append(last)
-            if last is not None:
+            evaluating = self._evaluated_round(env_key, env, ordered)
+            if evaluating is not None:
+                # Its slices run in _run, in this round's place (rule 8).
+                evaluating.wrote = last is not None
+                self._jobs.append(evaluating)
+                env.last_write = now
+            elif last is not None:
                 last.done = ordered
                 env.last_write = now
         if self._jobs:
@@ -580,13 +591,54 @@ class Hub:
 
     def _evaluated_round(
         self, env_key: str, env: _EnvStreams, ordered: list[Change]
-    ) -> dict[int, tuple[GroupEvents, _Batch | None, _Batch | None]]:
-        """Rule 8: the events of each context group of ``env`` (by id of the group)."""
+    ) -> _EvalJob | None:
+        """Rule 8: start the evaluated round of ``env``'s context groups (None: nothing)."""
         contexts = env.contexts
         if contexts is None or contexts.empty() or self.env_source is None:
-            return {}
+            return None
         compiled, offset, epoch = self.env_source(env_key)
-        results, stats = contexts.round(ordered, compiled, offset, epoch)
+        evaluating = contexts.start_round(ordered, compiled, offset, epoch)
+        if evaluating is None:
+            self._metrics.client_stream_evaluations_per_change.observe(0.0)
+            return None
+        return _EvalJob(env, evaluating, ordered)
+
+    def _evaluate_slice(self, job: _EvalJob, budget: int) -> tuple[list[_Job], int]:
+        """One slice of an evaluated round: its groups' write jobs (in order) and the
+        evaluation budget it used. Streams still preparing queue their events instead."""
+        results, spent = job.round.step(budget)
+        out: list[_Job] = []
+        by_group: dict[int, _Batch] = {}
+        for events in results:
+            batch = _Batch(events.frames, events.offsets) if events.frames else None
+            late = None
+            if events.late_frames and events.late_offsets:
+                late = _Batch(events.late_frames, events.late_offsets)
+            # A stream still preparing joined after the baseline: the late events if any.
+            queued = late if late is not None else batch
+            if queued is not None:
+                by_group[id(events.group)] = queued
+            for chunked, conns in events.group.conns.items():
+                if not conns:
+                    continue
+                if late is None:
+                    targets = {batch: list(conns)} if batch is not None else {}
+                else:
+                    targets = _split_late(conns, events, batch, late)
+                for target_batch, target_conns in targets.items():
+                    out.append(_Job(target_batch, chunked, target_conns))
+        if by_group:
+            for conn in job.env.preparing:
+                if conn.group is not None:
+                    _queue_pending(conn, by_group.get(id(conn.group)))
+        if out:
+            job.wrote = True
+        if job.round.done:
+            self._evaluated_round_done(job, out)
+        return out, spent
+
+    def _evaluated_round_done(self, job: _EvalJob, last_slice: list[_Job]) -> None:
+        stats = job.round.stats
         m = self._metrics
         if stats.new_evaluations:
             m.client_stream_evaluations_total.labels(state="new").inc(stats.new_evaluations)
@@ -594,25 +646,32 @@ class Hub:
             m.client_stream_evaluations_total.labels(state="previous").inc(
                 stats.previous_evaluations
             )
-        m.client_stream_evaluations_per_change.observe(stats.new_evaluations / len(ordered))
+        m.client_stream_evaluations_per_change.observe(stats.new_evaluations / len(job.changes))
         if stats.suppressed:
             m.client_patches_suppressed_total.inc(stats.suppressed)
-        out: dict[int, tuple[GroupEvents, _Batch | None, _Batch | None]] = {}
-        for events in results:
-            batch = _Batch(events.frames, events.offsets) if events.frames else None
-            late = None
-            if events.late_frames and events.late_offsets:
-                late = _Batch(events.late_frames, events.late_offsets)
-            out[id(events.group)] = (events, batch, late)
-        return out
+        if last_slice:
+            last_slice[-1].done = job.changes
+        elif job.wrote:
+            self._observe_delay(job.changes)  # the round's last write is already out
 
     def _run(self) -> None:
         """Write one slice of the current round; reschedule while work remains."""
         self._run_handle = None
         budget = self.slice_writes
+        evaluations = self.slice_evaluations
         jobs = self._jobs
         while jobs and budget > 0:
             job = jobs[0]
+            if isinstance(job, _EvalJob):
+                if evaluations <= 0:
+                    break  # this tick's evaluations are spent: yield (rule 8)
+                jobs.popleft()
+                written, spent = self._evaluate_slice(job, evaluations)
+                evaluations -= spent
+                if not job.round.done:
+                    jobs.appendleft(job)
+                jobs.extendleft(reversed(written))  # this slice's writes first
+                continue
             budget -= self._write(job, budget)
             if job.index < len(job.conns):
                 break
@@ -692,10 +751,13 @@ class Hub:
         if job.bytes:
             m.bytes_sent_total.inc(job.bytes)
         if job.done:
-            now_ms = time.time() * 1000.0
-            observe = m.fanout_delay_seconds.observe
-            for change in job.done:
-                observe(max(0.0, (now_ms - change.published_ms) / 1000.0))
+            self._observe_delay(job.done)
+
+    def _observe_delay(self, changes: list[Change]) -> None:
+        now_ms = time.time() * 1000.0
+        observe = self._metrics.fanout_delay_seconds.observe
+        for change in changes:
+            observe(max(0.0, (now_ms - change.published_ms) / 1000.0))
 
     # --- timer: heartbeats and lifetimes (rule 6) ----------------------------------------
 
@@ -800,16 +862,12 @@ def _encode(changes: list[Change], stream: StreamKind) -> _Batch | None:
     return _Batch([item_event(c, stream, c.position) for c in changes], [c.offset for c in changes])
 
 
-def _group_batch(
-    group_batches: dict[int, tuple[GroupEvents, _Batch | None, _Batch | None]], conn: Connection
-) -> _Batch | None:
-    """The batch a still-preparing evaluated stream queues: it joined after the baseline,
-    so the unsuppressed (late) events when there are any (relay.evalstream rule 5)."""
-    entry = group_batches.get(id(conn.group))
-    if entry is None:
-        return None
-    _, batch, late = entry
-    return late if late is not None else batch
+def _queue_pending(conn: Connection, batch: _Batch | None) -> None:
+    """Queue (unframed) the part of ``batch`` a still-preparing stream has not seen."""
+    if batch is not None and conn.pending is not None:
+        index = batch.suffix_index(conn.start_offset)
+        if index < len(batch.frames):
+            conn.pending.append(batch.suffix(index, False))
 
 
 def _split_late(
