@@ -521,6 +521,7 @@ class ChangeRequests:
                             "lateMs": late,
                         },
                         policy_revision=policy.revision,
+                        now_ms_at=now,  # appliedAt - executeAt == lateMs, exactly
                     )
                 except ApiError as exc:  # the change no longer validates on the current item
                     return await self._fail(

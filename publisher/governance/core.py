@@ -280,14 +280,17 @@ class GovernanceCore:
         request_id: str,
         audit_extra: Mapping[str, Any],
         policy_revision: int | None = None,
+        now_ms_at: int | None = None,
     ) -> Written:
         """Rules 3-5: commit ``new_item`` over ``current`` with ``record(new_version, now)``.
+        ``now_ms_at``: the write's time when the caller already read the clock for it (so
+        that a lateness it derived from that reading and the applied time agree exactly).
 
         Raises VersionConflict (someone else wrote), PolicyChanged (``policy_revision`` is no
         longer the environment's), StaleRecord, NotLeaseHolder, UnknownEnvironment — nothing
         changed then — or ApiError 413 if the item is too large for one Kafka record.
         """
-        now = now_ms()
+        now = now_ms() if now_ms_at is None else now_ms_at
         version = current.version
         item = dict(new_item)
         item["version"] = version + 1

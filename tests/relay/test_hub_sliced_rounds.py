@@ -108,10 +108,14 @@ async def eval_hub() -> AsyncIterator[tuple[EvalApp, int]]:
 def record_steps(monkeypatch: pytest.MonkeyPatch, on_step: Callable[[int], None]) -> list[Any]:
     """Wrap ``EvalRound.step``: log (round, done) per slice and call ``on_step(n)``."""
     log: list[tuple[int, bool]] = []
+    # Every round stepped is kept alive until the test ends: an id is only unique among
+    # live objects, and a finished round freed at once could hand its id to the next one.
+    seen: list[EvalRound] = []
     original = EvalRound.step
 
     def step(self: EvalRound, budget: int) -> Any:
         out = original(self, budget)
+        seen.append(self)
         log.append((id(self), self.done))
         on_step(len(log))
         return out
