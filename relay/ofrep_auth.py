@@ -9,9 +9,8 @@ Rules:
    id (flags with ``usingEnvironmentId``: ``client``; client-side ids are public, which is
    why they see only what the environment marks for browsers). Unknown, expired, or of a
    deleted environment → None (the route answers 401).
-3. Lookup: SDK keys resolve through the state's ``CredentialIndex`` (a hash lookup); mobile
-   keys and client-side ids by one pass of plain comparisons over the environment records
-   (about a microsecond per environment: an unknown credential costs that pass).
+3. Lookup: through the state's ``CredentialIndex``, the same indexes the SDK, mobile and
+   client-side routes use (a hash lookup per kind; an unknown credential costs three).
 4. A credential found is remembered under its hash with the environment record it was found
    in and its expiry; it is answered from there while that record is still the
    environment's current one (any new record, e.g. a rotation, makes it be looked up again),
@@ -101,18 +100,12 @@ class CredentialResolver:
         env = credentials.resolve(credential, now)
         if env is not None:
             return self._grant(env, "sdk", digest)
-        # One pass of plain comparisons (the hash of the presented key, the public id); the
-        # match is then checked properly (constant time, expiry).
-        for env in self._state.environments:
-            record = credentials.record(env)
-            if record is None:
-                continue
-            if record.client_side_id == credential:
-                return self._grant(env, "client", digest)
-            if any(c.sha256 == digest for c in record.mobile_keys) and record.accepts_mobile_key(
-                digest, now
-            ):
-                return self._grant(env, "mobile", digest)
+        env = credentials.resolve_mobile(credential, now)
+        if env is not None:
+            return self._grant(env, "mobile", digest)
+        record = credentials.resolve_client_side_id(credential)
+        if record is not None:
+            return self._grant(record.key, "client", digest)
         return None
 
     def _grant(
