@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -153,14 +154,41 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct ports that were free a moment ago (all bound at once, then freed)."""
+    """``count`` distinct ports that were free a moment ago (all bound at once, then freed).
+
+    Chosen below the kernel's ephemeral range when there is room: a port handed out by
+    ``bind(0)`` comes from that range, so any outgoing connection made before the caller
+    binds it (a Kafka or HTTP client) could take it as its source port in between; ports
+    outside the range are taken only by something that binds them on purpose."""
+    low = _ephemeral_low()
     with contextlib.ExitStack() as stack:
         ports: list[int] = []
-        for _ in range(count):
+        tries = 0
+        while len(ports) < count:
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((host, 0))
+            tries += 1
+            if low > _FIRST_PORT + 1000 and tries <= 50 * count:
+                try:
+                    sock.bind((host, random.randrange(_FIRST_PORT, low)))
+                except OSError:
+                    continue  # in use: another try
+            else:
+                sock.bind((host, 0))
             ports.append(sock.getsockname()[1])
         return ports
+
+
+# Ports below this are left to well-known services.
+_FIRST_PORT = 20000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (0 when it cannot be read)."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 @contextlib.contextmanager
