@@ -233,7 +233,13 @@ async def test_dev_container_keeps_its_data_in_a_volume(
         try:
             url = f"http://127.0.0.1:{port}"
             await wait_ready(url, dev)
-            banner = dev.logs()
+            # The banner with the SDK key follows /readyz (the demo seed comes after the
+            # relay is ready): wait for it rather than read the logs once.
+            for _ in range(300):  # up to a minute
+                banner = dev.logs()
+                if "SDK key" in banner:
+                    break
+                await asyncio.sleep(0.2)
             key = next(line.split()[2] for line in banner.splitlines() if "SDK key" in line)
             keys.append(key)
             async with session.get(url + "/sdk/latest-all", headers={"Authorization": key}) as r:
