@@ -22,7 +22,9 @@ Rules, in the order a request meets them:
 1. Not bootstrapped → 503 + Retry-After. Credentials: an unknown client-side id → 404 (ids are
    public; no retry can help); an unknown or expired mobile or SDK key → 401. An
    environment's JS routes answer CORS for its ``allowedOrigins`` (``protocol.clientside``),
-   preflight ``OPTIONS`` included, errors included (so a page can read them).
+   preflight ``OPTIONS`` included, errors included (so a page can read them). Before
+   bootstrap ends a preflight is answered 204 for any origin, without ``Max-Age``, so the
+   request itself meets its 503 rather than failing as a CORS error.
 2. The context: GET takes base64url JSON from the path, REPORT a JSON body with
    ``Content-Type: application/json`` (else 415). Over ``max_context_bytes`` → 413; not
    base64url, not JSON, not an object, no key... → 400 naming the problem.
@@ -418,6 +420,15 @@ class ClientSideHandlers:
         return web.Response(body=b"[]", content_type="application/json", headers=target.cors)
 
     async def preflight(self, request: web.Request) -> web.StreamResponse:
+        if not self.state.ready:
+            # The origins are not known until bootstrap ends. A refused preflight is a CORS
+            # error the SDK cannot read; this 204 lets the request reach its readable 503 +
+            # Retry-After (rule 1), and without Max-Age the browser caches nothing from it.
+            headers = clientside.cors_headers(
+                request.headers.get("Origin"), ("*",), _JS_METHODS, preflight=True
+            )
+            headers.pop("Access-Control-Max-Age", None)
+            return web.Response(status=204, headers=headers)
         record = self.state.credentials.resolve_client_side_id(request.match_info["envId"])
         origins = record.allowed_origins if record is not None else ("*",)
         headers = clientside.cors_headers(

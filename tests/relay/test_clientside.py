@@ -376,3 +376,18 @@ async def test_not_ready_relay_answers_503_with_retry_after() -> None:
             f"{relay.url}/meval/{b64(ALICE)}", headers={"Authorization": MOBILE_KEY}
         ) as r:
             assert r.status == 503
+        # A browser's preflight passes (a failed one is a CORS error the SDK cannot read and
+        # retry), is not cacheable, and the request itself gets a 503 the page can read.
+        origin = "https://app.example"
+        async with s.options(
+            f"{relay.url}/events/bulk/{CLIENT_ID}",
+            headers={"Origin": origin, "Access-Control-Request-Method": "POST"},
+        ) as r:
+            assert r.status == 204
+            assert r.headers["Access-Control-Allow-Origin"] == origin
+            assert "POST" in r.headers["Access-Control-Allow-Methods"]
+            assert "Access-Control-Max-Age" not in r.headers
+        async with s.post(
+            f"{relay.url}/events/bulk/{CLIENT_ID}", data="[]", headers={"Origin": origin}
+        ) as r:
+            assert r.status == 503 and r.headers["Access-Control-Allow-Origin"] == origin
