@@ -266,7 +266,10 @@ async def test_browser_sdk_streaming_toggle_and_relay_restart(
             assert change["value"] is False
             delay_ms = change["at"] - sent_at
             print(f"toggle reached the browser SDK's change listener in {delay_ms:.0f} ms")
-            assert delay_ms < 1000, f"the toggle took {delay_ms:.0f} ms to reach the page"
+            # Tens of ms here (the figure is in the log); the bound only shows the change came
+            # down the stream, not by a poll or reconnect, and leaves room for a loaded machine
+            # (the time includes starting a Kafka producer). Speed is measured in loadtest/.
+            assert delay_ms < 5000, f"the toggle took {delay_ms:.0f} ms to reach the page"
             await asyncio.sleep(0.5)
             assert await alice.changes_since(sent_at, "banner") == []
             assert await bob.changes_since(sent_at, "banner") == []
