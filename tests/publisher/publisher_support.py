@@ -100,7 +100,10 @@ async def read_topic(
         decoded = [decode_envelope(r.value) for r in records]
         return [e for e in decoded if e.env == env]
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",  # the log as relays read it
     )
     await consumer.start()
     try:
