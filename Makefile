@@ -112,6 +112,9 @@ browser-sdk: $(BROWSER_SDK)
 $(BROWSER_SDK): tests/browser/package-lock.json
 	@command -v npm >/dev/null || { echo "error: npm is missing: apt-get install -y npm" >&2; exit 1; }
 	npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+	@# The packages' source maps and build metafiles point into their authors' monorepos
+	@# (../shared/...); no test reads them, and a clone must not even seem to need them.
+	find tests/browser/node_modules \( -name '*.map' -o -name 'metafile-*.json' \) -delete
 	@touch $@
 
 test: venv stack-up browser browser-sdk ops-tools lint typecheck tf-check

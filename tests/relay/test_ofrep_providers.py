@@ -185,6 +185,9 @@ def ofrep_js() -> Iterator[Path]:
     installed = JS_DIR / "node_modules" / ".package-lock.json"
     if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
         _npm("ci")
+        # Source maps point into the packages' monorepos (../shared/...); nothing reads them.
+        for leftover in (JS_DIR / "node_modules").rglob("*.map"):
+            leftover.unlink()
     entry = JS_DIR / "browser_entry.js"
     if not BUNDLE.exists() or BUNDLE.stat().st_mtime < max(
         entry.stat().st_mtime, installed.stat().st_mtime
