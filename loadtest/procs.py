@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,18 +20,13 @@ from pathlib import Path
 import aiohttp
 
 from flagstream import procgroup
+from flagstream.stack.process import free_port
 
 __all__ = ["Service", "ServiceError", "free_port", "spawn_publisher", "spawn_relay", "wait_ready"]
 
 
 class ServiceError(Exception):
     """A service did not start or did not become ready; the message has its log's tail."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import socket
 import stat
 import sys
 import threading
@@ -31,6 +30,7 @@ from test_dev import stream
 
 from flagstream import dev
 from flagstream.dev import ADMIN_TOKEN_FILE, DEMO_ENV, DEMO_KEY_FILE, SEED_FLAGS, TOGGLE_FLAG
+from flagstream.stack.process import free_port
 
 
 @pytest.fixture
@@ -181,12 +181,6 @@ async def test_a_seed_interrupted_after_the_environment_is_completed(
 
 
 # --- the command, as a user runs it ---------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class DevProcess:
@@ -341,7 +335,7 @@ async def test_launchdarkly_sdk_resumes_without_put_after_a_killed_server_restar
     """The issue's story: a real SDK on ``flagstream dev``, the server SIGKILLed and started
     again on the same port and data: the SDK keeps its key, resumes with ``Last-Event-ID``
     (no ``put``) and sees a change made after the restart."""
-    port = str(_free_port())
+    port = str(free_port())
     first = await DevProcess(tmp_path, "--port", port).start()
     url, sdk_key, token = (
         first.field("relay for SDKs"),

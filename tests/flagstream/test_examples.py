@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from flagstream.dev import DEMO_ENV, TOGGLE_FLAG, DevServer
+from flagstream.stack.process import free_port
 from protocol.sse import SSEEvent, SSEParser
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -140,14 +141,6 @@ async def test_sse_proxy_serves_the_page_and_the_stream_with_the_key(dev_server:
         await runner.cleanup()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.e2e
 async def test_eventsource_page_in_a_real_browser_shows_the_toggle(dev_server: DevServer) -> None:
     """Headless Chromium opens the page through the proxy; a toggle shows up in its table."""
@@ -157,8 +150,8 @@ async def test_eventsource_page_in_a_real_browser_shows_the_toggle(dev_server: D
     proxy = _load_proxy()
     runner = web.AppRunner(proxy.build_app(dev_server.url, dev_server.sdk_key))
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", proxy_port := _free_port()).start()
-    debug_port = _free_port()
+    await web.TCPSite(runner, "127.0.0.1", proxy_port := free_port()).start()
+    debug_port = free_port()
     chrome = await asyncio.create_subprocess_exec(
         "chromium",
         "--headless",

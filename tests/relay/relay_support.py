@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from flagstream.memlog import MemoryLog
+from flagstream.stack.process import free_port as free_port
 from protocol.envelope import Envelope, encode_envelope
 from protocol.environment import CredentialHash, EnvironmentRecord, hash_secret
 from protocol.keys import partition_for, record_key
@@ -409,12 +409,6 @@ class RunningRelay:
     @property
     def state(self) -> State:
         return self.app[STATE_KEY]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def relay_settings(bootstrap: str, topic: str, **overrides: Any) -> RelaySettings:
