@@ -40,10 +40,13 @@ import os
 import platform
 import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
+
+from loadtest.keepalive import KeepAliveConnection
 
 __all__ = ["main"]
 
@@ -190,27 +193,46 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         statuses: dict[int, int] = {}
         deadline = time.monotonic() + args.max_seconds
 
-        async def worker(total: int, record: bool) -> None:
+        url = urllib.parse.urlsplit(base)
+        connections = [
+            KeepAliveConnection(url.hostname or "127.0.0.1", url.port or 80, headers=headers)
+            for _ in range(args.concurrency)
+        ]
+
+        async def patch(connection: KeepAliveConnection, path: str, body: bytes) -> int:
+            if args.client == "raw":
+                status, _ = await connection.request("PATCH", path, body)
+                return status
+            async with session.patch(
+                base + path, data=body, headers={"Content-Type": "application/json"}
+            ) as resp:
+                await resp.read()
+                return resp.status
+
+        async def worker(connection: KeepAliveConnection, total: int, record: bool) -> None:
             nonlocal counter
             while counter < total and time.monotonic() < deadline:
                 n = counter
                 counter += 1
-                url = f"{base}/api/v1/environments/{args.env}/flags/bench-{n % args.flags}"
+                path = f"/api/v1/environments/{args.env}/flags/bench-{n % args.flags}"
+                body = b'{"salt":"s%d"}' % n
                 began = time.perf_counter()
-                async with session.patch(url, json={"salt": f"s{n}"}) as resp:
-                    await resp.read()
-                    status = resp.status
+                status = await patch(connection, path, body)
                 if record:
                     latencies.append(time.perf_counter() - began)
                     statuses[status] = statuses.get(status, 0) + 1
 
-        await asyncio.gather(*(worker(args.warmup, False) for _ in range(args.concurrency)))
-        counter = 0
-        cpu0 = _cpu_seconds(args.publisher_pid)
-        began = time.perf_counter()
-        await asyncio.gather(*(worker(args.writes, True) for _ in range(args.concurrency)))
-        elapsed = time.perf_counter() - began
-        cpu1 = _cpu_seconds(args.publisher_pid)
+        try:
+            await asyncio.gather(*(worker(c, args.warmup, False) for c in connections))
+            counter = 0
+            cpu0 = _cpu_seconds(args.publisher_pid)
+            began = time.perf_counter()
+            await asyncio.gather(*(worker(c, args.writes, True) for c in connections))
+            elapsed = time.perf_counter() - began
+            cpu1 = _cpu_seconds(args.publisher_pid)
+        finally:
+            for connection in connections:
+                connection.close()
 
     latencies.sort()
     acknowledged = statuses.get(200, 0)
@@ -232,6 +254,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         "latency_ms_p99": round(_percentile(latencies, 0.99) * 1000, 2),
         "latency_ms_max": round(latencies[-1] * 1000, 2) if latencies else float("nan"),
         "concurrency": args.concurrency,
+        "client": args.client,
         "flags": args.flags,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
@@ -297,6 +320,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=200, help="unmeasured writes first")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients")
     parser.add_argument("--flags", type=int, default=50, help="distinct flags written to")
+    parser.add_argument(
+        "--client",
+        choices=["raw", "aiohttp"],
+        default="raw",
+        help="HTTP client of the write benchmark: raw (loadtest.keepalive, cheap) or aiohttp",
+    )
     parser.add_argument("--max-seconds", type=float, default=120.0, help="hard time bound")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument(
@@ -359,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if imported["acknowledged_items"] == imported["items"] else 1
     try:
         result = asyncio.run(_run(args))
-    except aiohttp.ClientConnectionError as exc:
+    except (aiohttp.ClientConnectionError, ConnectionError) as exc:
         print(f"bench_publisher: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 3
     if args.json:
@@ -373,7 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"{result['acknowledged']} acknowledged writes in {result['seconds']} s{cpu_note}: "
             f"{result['acknowledged_writes_per_second']} writes/s (acks=all), "
-            f"concurrency {result['concurrency']}, p50 {result['latency_ms_p50']} ms, "
+            f"concurrency {result['concurrency']} ({result['client']} client), "
+            f"p50 {result['latency_ms_p50']} ms, "
             f"p99 {result['latency_ms_p99']} ms, max {result['latency_ms_max']} ms; "
             f"202 pending: {result['pending_202']}, errors: {result['errors']} "
             f"{result['statuses']}"

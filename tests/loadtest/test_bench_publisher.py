@@ -1,13 +1,23 @@
-"""``python -m loadtest.bench_publisher --kafka-batches``: the record log's cost per batch,
-transactional (the forwarder's) beside a plain idempotent producer, on the real Kafka."""
+"""``python -m loadtest.bench_publisher``: the write benchmark against a real publisher process
+(both HTTP clients), and ``--kafka-batches``: the record log's cost per batch, transactional
+(the forwarder's) beside a plain idempotent producer, on the real Kafka."""
 
 from __future__ import annotations
 
 import json
+import os
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from subprocess import DEVNULL, Popen
 
 import pytest
 
+from flagstream.stack.process import free_port
 from loadtest.bench_publisher import main
+
+TOKEN = "bench-admin-token-for-tests"
 
 pytestmark = pytest.mark.integration
 
@@ -26,3 +36,58 @@ def test_the_kafka_mode_measures_both_producers(
 def test_the_kafka_mode_refuses_a_remote_broker(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--kafka-batches", "1", "--kafka-bootstrap", "kafka.example:9092"]) == 2
     assert "loopback" in capsys.readouterr().err
+
+
+@pytest.fixture
+def running_publisher(
+    kafka_bootstrap: str, redis_url: str, unique_name: str
+) -> Iterator[tuple[Popen[bytes], str]]:
+    """A real publisher process on the local stack (its own topic and Redis prefix)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "FLAGSTREAM_ADMIN_TOKEN": TOKEN,
+        "FLAGSTREAM_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "FLAGSTREAM_REDIS_URL": redis_url,
+        "FLAGSTREAM_TOPIC": unique_name,
+        "FLAGSTREAM_PUBLISHER_REDIS_PREFIX": f"{unique_name}:",
+        "FLAGSTREAM_PUBLISHER_PORT": str(port),
+    }
+    process = Popen([sys.executable, "-m", "publisher.cli"], env=env, stderr=DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2):
+                    break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, "no publisher"
+                time.sleep(0.2)
+        yield process, f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+@pytest.mark.parametrize("client", ["raw", "aiohttp"])
+def test_the_write_benchmark_counts_acknowledged_writes(
+    running_publisher: tuple[Popen[bytes], str], client: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    process, url = running_publisher
+    args = ["--url", url, "--token", TOKEN, "--env", "bench", "--writes", "40", "--warmup", "5"]
+    args += ["--concurrency", "4", "--client", client, "--publisher-pid", str(process.pid)]
+    assert main([*args, "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert (figures["client"], figures["writes"], figures["errors"]) == (client, 40, 0)
+    # every write answered 200 (Kafka acknowledged) or 202 (queued), never lost
+    assert figures["acknowledged"] + figures["pending_202"] == 40
+    assert figures["latency_ms_p50"] <= figures["latency_ms_max"]
+    assert figures["publisher_cpu_us_per_write"] > 0
+
+
+def test_the_write_benchmark_reports_an_unreachable_publisher(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    assert main(["--url", url, "--token", TOKEN, "--writes", "1", "--warmup", "0"]) == 3
+    assert "cannot reach" in capsys.readouterr().err
