@@ -47,12 +47,12 @@ surrogates, int, finite float, bool, None), then the structure is checked.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from typing import Any, Final
 
 from protocol.errors import ValidationError
+from protocol.jsoncodec import dumps_strict
 from protocol.keys import validate_key
 
 __all__ = [
@@ -98,7 +98,7 @@ def encode_item(item: Mapping[str, Any]) -> bytes:
 
     Raises ValueError or TypeError if ``item`` is not JSON (never for validate_* output).
     """
-    return json.dumps(item, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return dumps_strict(item)
 
 
 def make_tombstone(key: str, version: int) -> dict[str, Any]:

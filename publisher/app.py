@@ -20,6 +20,7 @@ from typing import Any, Literal
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
+from protocol import jsoncodec
 from publisher.auth import Principal, Scope, parse_bearer, principal_for, token_sha256
 from publisher.config import PublisherSettings
 from publisher.forwarder import Forwarder
@@ -148,7 +149,7 @@ async def _json_body(request: web.Request, *, optional: bool = False) -> Any:
             return None
         raise ApiError(400, "the request body is empty; send a JSON document")
     try:
-        return json.loads(raw)
+        return jsoncodec.loads(raw)
     except UnicodeDecodeError as exc:
         raise ApiError(400, "the request body is not UTF-8") from exc
     except json.JSONDecodeError as exc:
@@ -168,7 +169,7 @@ def _kind(request: web.Request) -> ItemKind:
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         status=status,
-        body=json.dumps(body, ensure_ascii=False).encode(),
+        body=jsoncodec.dumps(body),
         content_type="application/json",
         headers=headers,
     )

@@ -47,6 +47,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from protocol import jsoncodec
 from protocol.environment import (
     CredentialHash,
     EnvironmentRecord,
@@ -257,10 +258,6 @@ def _url_key(key: str, what: str) -> str:
         return validate_key(key, path=what)
     except ValidationError as exc:
         raise ApiError(400, str(exc), type_="invalid-key") from exc
-
-
-def _compact(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _now_ms() -> int:
@@ -699,7 +696,7 @@ class Publisher:
                 if raw is None:
                     out[(kind, op.key)] = None
                 else:
-                    item = json.loads(raw)
+                    item = jsoncodec.loads(raw)
                     out[(kind, op.key)] = RecentItem(int(item["version"]), raw, item)
         return out
 
@@ -873,8 +870,8 @@ class Publisher:
             kind="environment",
             key=record.key,
             version=record.version,
-            before=None if before is None else _compact(env_view(before)),
-            after=_compact(env_view(record)),
+            before=None if before is None else jsoncodec.dumps(env_view(before)),
+            after=jsoncodec.dumps(env_view(record)),
             comment=comment,
             now_ms=now,
         )

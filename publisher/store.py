@@ -43,6 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from protocol import jsoncodec
 from protocol.envelope import Envelope, encode_envelope
 from protocol.environment import EnvironmentRecord
 from protocol.keys import ItemKind, Kind, record_key
@@ -177,7 +178,7 @@ def audit_entry(
         head["requestId"] = request_id
     if extra:
         head.update({k: v for k, v in extra.items() if k not in head})
-    text = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode()
+    text = jsoncodec.dumps(head)
     return b"".join(
         (
             text[:-1],
