@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from flagstream.gcpolicy import tune_collector
 from publisher.app import build_app
 from publisher.config import PublisherSettings
 from publisher.log import KafkaRecordLog, TopicConfigError, check_topic_config
@@ -160,6 +161,7 @@ async def _serve(settings: PublisherSettings) -> int:
                 file=sys.stderr,
             )
             return 1
+        tune_collector(settings.gc_gen0_threshold)  # after startup: see flagstream.gcpolicy
         logging.getLogger("flagstream.publisher").info(
             "publisher listening on http://%s:%d (redis %s, kafka %s, topic %s)",
             settings.host,

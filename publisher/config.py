@@ -18,6 +18,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flagstream.fdlimit import connection_budget
+from flagstream.gcpolicy import DEFAULT_GEN0_THRESHOLD
 
 __all__ = ["MIB", "PublisherSettings"]
 
@@ -170,6 +171,15 @@ class PublisherSettings(BaseSettings):
         ge=1,
         le=1000,
         description="most item writes committed together in one Redis script (group commit)",
+    )
+
+    gc_gen0_threshold: int = Field(
+        default=DEFAULT_GEN0_THRESHOLD,
+        ge=0,
+        description=(
+            "youngest-generation threshold of the garbage collector, applied with gc.freeze "
+            "once listening (flagstream.gcpolicy; 0 = Python's defaults)"
+        ),
     )
 
     @field_validator("topic")
