@@ -142,15 +142,20 @@ async def _run_import(args: argparse.Namespace) -> dict[str, Any]:
         cpu0 = _cpu_seconds(args.publisher_pid)
         began = time.perf_counter()
         if args.import_mode == "bulk":
-            for start in range(0, len(flags), args.bulk_size):
-                ops = [
-                    {"op": "put", "kind": "flag", "key": f["key"], "value": f}
-                    for f in flags[start : start + args.bulk_size]
-                ]
-                url = f"{base}/api/v1/environments/{env}/bulk"
-                async with session.post(url, json={"operations": ops}) as resp:
-                    await resp.read()
-                    statuses[resp.status] = statuses.get(resp.status, 0) + len(ops)
+            starts = iter(range(0, len(flags), args.bulk_size))
+
+            async def bulk_sender() -> None:
+                for start in starts:
+                    ops = [
+                        {"op": "put", "kind": "flag", "key": f["key"], "value": f}
+                        for f in flags[start : start + args.bulk_size]
+                    ]
+                    url = f"{base}/api/v1/environments/{env}/bulk"
+                    async with session.post(url, json={"operations": ops}) as resp:
+                        await resp.read()
+                        statuses[resp.status] = statuses.get(resp.status, 0) + len(ops)
+
+            await asyncio.gather(*(bulk_sender() for _ in range(args.bulk_inflight)))
         else:
             queue = iter(flags)
 
@@ -336,6 +341,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--import-mode", choices=["bulk", "puts"], default="bulk")
     parser.add_argument("--bulk-size", type=int, default=1000, help="operations per bulk request")
+    parser.add_argument(
+        "--bulk-inflight", type=int, default=1, help="bulk requests in flight at once (import)"
+    )
     parser.add_argument(
         "--kafka-batches", type=int, default=0, help="measure only the record log: N batches"
     )

@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from protocol import jsoncodec
+
 __all__ = ["main"]
 
 EXIT_OK, EXIT_API, EXIT_USAGE, EXIT_CONNECT = 0, 1, 2, 3
@@ -78,7 +80,7 @@ class Client:
         h.update(headers or {})
         data = None
         if body is not None:
-            data = json.dumps(body).encode()
+            data = jsoncodec.dumps(body)
             h["Content-Type"] = "application/json"
         req = urllib.request.Request(self.url + path, data=data, headers=h, method=method)
         try:
@@ -565,7 +567,7 @@ def _chunks(ops: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     chunks: list[list[dict[str, Any]]] = [[]]
     size = 0
     for op in ops:
-        n = len(json.dumps(op))
+        n = len(jsoncodec.dumps(op))
         if chunks[-1] and (len(chunks[-1]) >= _BULK_MAX or size + n > _CHUNK_BYTES):
             chunks.append([])
             size = 0

@@ -81,6 +81,10 @@ class MemoryStore:
         found = self._items.get((env, kind), {}).get(key)
         return found[1] if found is not None else None
 
+    async def get_items(self, env: str, kind: ItemKind, keys: Sequence[str]) -> list[bytes | None]:
+        items = self._items.get((env, kind), {})
+        return [None if (found := items.get(key)) is None else found[1] for key in keys]
+
     async def list_items(self, env: str, kind: ItemKind) -> dict[str, bytes]:
         return {k: v[1] for k, v in sorted(self._items.get((env, kind), {}).items())}
 

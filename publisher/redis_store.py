@@ -369,6 +369,12 @@ class RedisStore:
         return cast("bytes | None", await self._r.hget(self._items(env, kind), key))
 
     @_unavailable
+    async def get_items(self, env: str, kind: ItemKind, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        return cast("list[bytes | None]", await self._r.hmget(self._items(env, kind), keys))
+
+    @_unavailable
     async def list_items(self, env: str, kind: ItemKind) -> dict[str, bytes]:
         raw: dict[bytes, bytes] = await self._r.hgetall(self._items(env, kind))
         return {k.decode(): raw[k] for k in sorted(raw)}

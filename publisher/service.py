@@ -688,16 +688,13 @@ class Publisher:
                 out[(op.kind, op.key)] = await self._stored((env, op.kind, op.key))
             return out
         for kind in sorted({op.kind for op in ops}):
-            stored = await self.store.list_items(env, kind)
-            for op in ops:
-                if op.kind != kind:
-                    continue
-                raw = stored.get(op.key)
+            keys = list(dict.fromkeys(op.key for op in ops if op.kind == kind))
+            for key, raw in zip(keys, await self.store.get_items(env, kind, keys), strict=True):
                 if raw is None:
-                    out[(kind, op.key)] = None
+                    out[(kind, key)] = None
                 else:
                     item = jsoncodec.loads(raw)
-                    out[(kind, op.key)] = RecentItem(int(item["version"]), raw, item)
+                    out[(kind, key)] = RecentItem(int(item["version"]), raw, item)
         return out
 
     def _plan(

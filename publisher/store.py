@@ -301,6 +301,10 @@ class Store(Protocol):
     async def get_item(self, env: str, kind: ItemKind, key: str) -> bytes | None:
         """The item's stored JSON (tombstones included), or None if it never existed."""
 
+    async def get_items(self, env: str, kind: ItemKind, keys: Sequence[str]) -> list[bytes | None]:
+        """``get_item`` of every key, in the order of ``keys``, read at one point in time
+        (Redis: one HMGET): what a bulk write reads, whatever the environment's size."""
+
     async def list_items(self, env: str, kind: ItemKind) -> dict[str, bytes]:
         """Every item of a kind in an environment (tombstones included), JSON by key."""
 

@@ -106,6 +106,9 @@ class SQLiteStore:
     async def get_item(self, env: str, kind: ItemKind, key: str) -> bytes | None:
         return await self._read(_get_item, env, kind, key)
 
+    async def get_items(self, env: str, kind: ItemKind, keys: Sequence[str]) -> list[bytes | None]:
+        return await self._read(_get_items, env, kind, list(keys))
+
     async def list_items(self, env: str, kind: ItemKind) -> dict[str, bytes]:
         return await self._read(_list_items, env, kind)
 
@@ -231,6 +234,21 @@ def _get_item(tx: sqlite3.Connection, env: str, kind: ItemKind, key: str) -> byt
         "SELECT item FROM items WHERE env = ? AND kind = ? AND key = ?", (env, kind, key)
     ).fetchone()
     return None if row is None else bytes(row[0])
+
+
+def _get_items(
+    tx: sqlite3.Connection, env: str, kind: ItemKind, keys: list[str]
+) -> list[bytes | None]:
+    found: dict[str, bytes] = {}
+    for start in range(0, len(keys), 500):  # below SQLite's limit of bound parameters
+        chunk = keys[start : start + 500]
+        rows = tx.execute(
+            f"SELECT key, item FROM items WHERE env = ? AND kind = ? AND key IN "
+            f"({','.join('?' * len(chunk))})",
+            (env, kind, *chunk),
+        )
+        found.update((str(key), bytes(item)) for key, item in rows)
+    return [found.get(key) for key in keys]
 
 
 def _list_items(tx: sqlite3.Connection, env: str, kind: ItemKind) -> dict[str, bytes]:

@@ -83,6 +83,22 @@ async def test_item_writes_are_compare_and_set_and_atomic(store: Store) -> None:
     assert await store.read_audit("prod", 2) == [b'{"n":2}', b'{"n":1}']
 
 
+async def test_get_items_reads_the_keys_asked_for_in_their_order(store: Store) -> None:
+    await store.write_environment(
+        env_record(), expected_version=0, outbox=rec("prod", 0), audit=b"{}", now_ms=1
+    )
+    for n in range(600):  # more than one SQLite statement's worth of keys
+        await put(store, "prod", f"f{n}", 1, 0, n=n)
+    keys = ["f599", "missing", "f0", "f17", "f599"] + [f"f{n}" for n in range(100, 600)]
+    got = await store.get_items("prod", "flag", keys)
+    assert got == [await store.get_item("prod", "flag", key) for key in keys]
+    assert got[:5] == [b'{"key":"f599","version":1}', None, b'{"key":"f0","version":1}',
+                       b'{"key":"f17","version":1}', b'{"key":"f599","version":1}']  # fmt: skip
+    assert await store.get_items("prod", "segment", ["f0"]) == [None]
+    assert await store.get_items("nope", "flag", ["f0"]) == [None]
+    assert await store.get_items("prod", "flag", []) == []
+
+
 async def test_outbox_order_fenced_removal_and_contains(store: Store) -> None:
     await store.write_environment(
         env_record(), expected_version=0, outbox=rec("prod", 0), audit=b"{}", now_ms=1
