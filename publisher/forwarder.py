@@ -19,19 +19,21 @@ Rules:
 - **Order.** The outbox is read oldest first, a batch at a time; the batch's sends are started
   in that order (``RecordLog`` keeps the order of started sends per partition), so each
   environment's records reach Kafka in commit order.
-- **Removal only after acknowledgement.** After a batch, the longest acknowledged *prefix* is
-  removed, then its writers are told (with a transactional log a batch is all or nothing: a
-  fenced or aborted transaction removes nothing). If a send failed, everything from the first
-  failure on is sent again after a backoff, in order, even records after it that were
-  acknowledged: the log then ends with the right order for every item, at the cost of
-  duplicates (at-least-once; relays and SDKs ignore a version they already hold).
-- **Pipelined removal.** A committed batch is removed from the outbox (then its writers are
-  answered) while the next batch is read and sent: removals run one after the other in
-  commit order, and a batch's removal waits for the one before it. The next read skips the
-  entries whose removal is still pending. If a removal fails, the removals after it are not
-  attempted and the next step starts over from the oldest entry left in the outbox (sent
-  again, in order: at-least-once), so the outbox never loses an older entry while keeping a
-  newer one.
+- **Removal only after acknowledgement.** After a batch, the writers of its longest
+  acknowledged *prefix* are told at once, then that prefix is removed (with a transactional
+  log a batch is all or nothing: a fenced or aborted transaction tells and removes nothing).
+  A writer is answered as soon as Kafka committed its record, not a Redis round trip later:
+  an answered write's entry may still be in the outbox for that long (a removal that fails
+  leaves it there, and it is sent again: at-least-once, as below). If a send failed,
+  everything from the first failure on is sent again after a backoff, in order, even records
+  after it that were acknowledged: the log then ends with the right order for every item, at
+  the cost of duplicates (at-least-once; relays and SDKs ignore a version they already hold).
+- **Pipelined removal.** A committed batch is removed from the outbox while the next batch is
+  read and sent: removals run one after the other in commit order, and a batch's removal
+  waits for the one before it. The next read skips the entries whose removal is still
+  pending. If a removal fails, the removals after it are not attempted and the next step
+  starts over from the oldest entry left in the outbox (sent again, in order: at-least-once),
+  so the outbox never loses an older entry while keeping a newer one.
 - **Kafka down.** Sends fail or time out; the forwarder keeps retrying with exponential backoff
   (capped), never skipping, never reordering. Redis down: same, the lease is re-acquired after.
 - **A topic the log created is filled first.** When the record log (re)creates the topic (at
@@ -363,6 +365,7 @@ class Forwarder:
             acked.append(entry)
         if acked:
             self.kafka_ok = True
+            self._notify(acked)  # committed in Kafka: what a 200/201 means
             self._unremoved.update(e.id for e in acked)
             self._removing = asyncio.create_task(
                 self._remove(self._removing, acked, fence), name="forwarder-remove"
@@ -389,21 +392,26 @@ class Forwarder:
     async def _remove(
         self, before: asyncio.Task[None] | None, acked: list[OutboxEntry], fence: int
     ) -> None:
-        """Remove a committed batch after the batch before it was removed, then answer its
-        writers. Raises (and so fails the removals after it) if any removal failed."""
+        """Remove a committed batch (its writers were answered) after the batch before it was
+        removed. Raises (and so fails the removals after it) if any removal failed."""
         if before is not None:
             await before
         ids = [e.id for e in acked]
         now_ms = time.time() * 1000
-        # Removed first, then their writers answered: a 200/201 also means the record has left
-        # the outbox (what operators and tests see in the outbox depth).
         await self._store.outbox_remove(ids, owner=self.owner, fence=fence)
         self._unremoved.difference_update(ids)
-        self._notify(acked)
         observe = self._metrics.forward_latency.observe
         for entry in acked:
             observe(max(0.0, (now_ms - entry.enqueued_ms) / 1000))
         self._metrics.records_forwarded.inc(len(acked))
+
+    async def removals_done(self) -> None:
+        """Return once every batch whose writers were answered so far has been removed from
+        the outbox (or its removal failed: then it is sent again). Changes nothing."""
+        task = self._removing
+        if task is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.shield(task)
 
     def _check_removals(self) -> None:
         """Raise the failure of a finished removal (the next step starts over)."""

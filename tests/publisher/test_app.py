@@ -14,6 +14,7 @@ import pytest
 from publisher_support import ADMIN, Api, read_topic, wait_outbox_empty
 
 from protocol.environment import EnvironmentRecord, hash_secret
+from publisher.app import FORWARDER
 
 pytestmark = pytest.mark.integration
 
@@ -43,6 +44,7 @@ async def snapshot(api: Api, env: str = "prod") -> tuple[Any, ...]:
     flags = await api.store.list_items(env, "flag")
     segments = await api.store.list_items(env, "segment")
     audit = await api.store.read_audit(env, 1000)
+    await api.app[FORWARDER].removals_done()  # answered writes leave the outbox right after
     depth = await api.store.outbox_depth()
     record = await api.store.get_environment(env)
     return flags, segments, audit, depth, record
