@@ -1,10 +1,9 @@
 """A lean HTTP/1.1 keep-alive client connection for load generators.
 
 A benchmark's client must cost less than the server it measures: on a two-core machine that
-also runs Kafka and Redis, aiohttp's client spent ~330 µs of CPU per request and ~1 ms of
-the measured latency at concurrency 1 (BENCHMARKS.md, "publisher"). This connection writes a
-request as one pre-built byte string and reads the response with the sans-I/O
-``loadtest.httpreader.ResponseReader``.
+also runs Kafka and Redis, aiohttp's client spent ~270 µs of CPU per request (this
+connection ~100 µs; BENCHMARKS.md, "publisher"). It writes a request as one pre-built byte
+string and reads the response with the sans-I/O ``loadtest.httpreader.ResponseReader``.
 
 Rules:
 
