@@ -109,12 +109,12 @@ BROWSER_SDK := tests/browser/node_modules/.flagstream-installed
 
 browser-sdk: $(BROWSER_SDK)
 
-$(BROWSER_SDK): tests/browser/package-lock.json
+$(BROWSER_SDK): tests/browser/package-lock.json | $(STAMP)
 	@command -v npm >/dev/null || { echo "error: npm is missing: apt-get install -y npm" >&2; exit 1; }
 	npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
-	@# The packages' source maps and build metafiles point into their authors' monorepos
-	@# (../shared/...); no test reads them, and a clone must not even seem to need them.
-	find tests/browser/node_modules \( -name '*.map' -o -name 'metafile-*.json' \) -delete
+	@# Source maps, metafiles, READMEs and comments point into the authors' monorepos
+	@# (their shared sources); no test reads them (tests/relay/npm_prune.py).
+	$(BIN)/python tests/relay/npm_prune.py tests/browser/node_modules
 	@touch $@
 
 test: venv stack-up browser browser-sdk ops-tools lint typecheck tf-check

@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from npm_prune import prune
 from ofrep_support import (
     CLIENT_ID,
     ENV,
@@ -185,9 +186,7 @@ def ofrep_js() -> Iterator[Path]:
     installed = JS_DIR / "node_modules" / ".package-lock.json"
     if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
         _npm("ci")
-        # Source maps point into the packages' monorepos (../shared/...); nothing reads them.
-        for leftover in (JS_DIR / "node_modules").rglob("*.map"):
-            leftover.unlink()
+        prune(JS_DIR / "node_modules")  # what points into the authors' monorepos
     entry = JS_DIR / "browser_entry.js"
     if not BUNDLE.exists() or BUNDLE.stat().st_mtime < max(
         entry.stat().st_mtime, installed.stat().st_mtime
