@@ -5,7 +5,7 @@ CPython collects its youngest generation every 700 net container allocations and
 hundreds of thousands of containers at once, and its heap holds what it caches (recent
 items, compiled routes, the modules of aiohttp, redis, aiokafka, pydantic): in a 10,000-flag
 import the collector ran ~980 times and spent 0.77 s, 7 full collections of ~95 ms each,
-a quarter of the publisher's CPU (BENCHMARKS.md, "publisher: the garbage collector").
+a quarter of the publisher's CPU (BENCHMARKS.md, "Issue 18, third pass").
 
 Rules:
 

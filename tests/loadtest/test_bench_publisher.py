@@ -4,18 +4,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-import os
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
-from subprocess import DEVNULL, Popen
+from subprocess import Popen
 
 import pytest
 
 from flagstream.stack.process import free_port
 from loadtest.bench_publisher import main
+from loadtest.procs import spawn_publisher, wait_ready
 
 TOKEN = "bench-admin-token-for-tests"
 
@@ -43,30 +41,18 @@ def running_publisher(
     kafka_bootstrap: str, redis_url: str, unique_name: str
 ) -> Iterator[tuple[Popen[bytes], str]]:
     """A real publisher process on the local stack (its own topic and Redis prefix)."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "FLAGSTREAM_ADMIN_TOKEN": TOKEN,
-        "FLAGSTREAM_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "FLAGSTREAM_REDIS_URL": redis_url,
-        "FLAGSTREAM_TOPIC": unique_name,
-        "FLAGSTREAM_PUBLISHER_REDIS_PREFIX": f"{unique_name}:",
-        "FLAGSTREAM_PUBLISHER_PORT": str(port),
-    }
-    process = Popen([sys.executable, "-m", "publisher.cli"], env=env, stderr=DEVNULL)
+    service = spawn_publisher(
+        kafka_bootstrap=kafka_bootstrap,
+        redis_url=redis_url,
+        topic=unique_name,
+        admin_token=TOKEN,
+        extra_env={"FLAGSTREAM_PUBLISHER_REDIS_PREFIX": f"{unique_name}:"},  # cleaned up after
+    )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2):
-                    break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, "no publisher"
-                time.sleep(0.2)
-        yield process, f"http://127.0.0.1:{port}"
+        asyncio.run(wait_ready(service.url, service=service))
+        yield service.proc, service.url
     finally:
-        process.terminate()
-        process.wait(30)
+        service.close()
 
 
 @pytest.mark.parametrize("client", ["raw", "aiohttp"])
