@@ -590,14 +590,14 @@ def banner(server: DevServer, *, token_from_env: bool) -> str:
 
 def admin_command(server: DevServer, flag: str) -> str:
     """The ``flagstream admin`` command line that toggles ``flag`` on this server."""
+    # ``--token=VALUE``: a generated token starts with "-" one time in 64, and argparse takes
+    # ``--token -abc`` for a missing value followed by an unknown option.
     return shlex.join(
         [
             flagstream_command(),
             "admin",
-            "--url",
-            server.url,
-            "--token",
-            server.admin_token,
+            f"--url={server.url}",
+            f"--token={server.admin_token}",
             "flag",
             "toggle",
             DEMO_ENV,

@@ -19,7 +19,8 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -28,6 +29,7 @@ from flagstream import dev
 from flagstream.dev import DEMO_ENV, SEED_FLAGS, SEED_SEGMENTS, TOGGLE_FLAG, DevServer
 from protocol.model import validate_flag, validate_segment
 from protocol.sse import SSEEvent, SSEParser
+from publisher import admin_cli
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -200,6 +202,20 @@ async def test_admin_token_is_used_and_banner_names_everything() -> None:
     assert "from FLAGSTREAM_ADMIN_TOKEN" in text
     assert f"curl -N -H 'Authorization: {server.sdk_key}' {server.url}/all" in text
     assert dev.admin_command(server, TOGGLE_FLAG) in text
+
+
+@pytest.mark.parametrize("token", ["-starts-with-a-dash", "--looks-like-an-option", "plain"])
+def test_printed_admin_command_keeps_any_token_one_argument(token: str) -> None:
+    server = cast(DevServer, SimpleNamespace(url="http://127.0.0.1:8030", admin_token=token))
+    argv = shlex.split(dev.admin_command(server, TOGGLE_FLAG))
+    args = admin_cli._parser().parse_args(argv[2:])
+    assert (args.url, args.token) == ("http://127.0.0.1:8030", token)
+    assert (args.command, args.action, args.env, args.key) == (
+        "flag",
+        "toggle",
+        DEMO_ENV,
+        TOGGLE_FLAG,
+    )
 
 
 def _busy_port() -> socket.socket:
