@@ -15,8 +15,12 @@ acknowledged the record (acks=all, idempotent producer) before answering 200. An
 apart and are **not** included in the acknowledged writes/s. Loopback only, bounded by
 ``--writes`` and ``--max-seconds``. Prints a summary (``--json`` for machine output).
 
-``--publisher-pid PID`` adds the publisher's CPU time per measured write (user + system, from
-``/proc/PID/stat``, sampled just before and after the measured phase).
+CPU per measured write (or imported item) is reported for the benchmark's own client, for
+the publisher with ``--publisher-pid PID``, for any other process with ``--cpu-of NAME=PID``
+(repeatable), and for the local stack's Kafka broker and Redis with ``--stack-cpu``; beside
+them, how many of the machine's cores were busy (``loadtest.cpumeter``: user + system time
+from ``/proc``, read just before and after the measured phase). When the cores are all busy,
+the other processes' share bounds what the publisher can reach on this machine.
 
 ``--import-items N`` measures an import instead: N realistic flags (targets, rules, rollouts,
 ~1 KB each) written to a fresh environment, either as bulk requests of ``--bulk-size``
@@ -46,6 +50,7 @@ from typing import Any
 
 import aiohttp
 
+from loadtest import cpumeter
 from loadtest.keepalive import KeepAliveConnection
 
 __all__ = ["main"]
@@ -75,13 +80,24 @@ async def _prepare(session: aiohttp.ClientSession, base: str, env: str, flags: i
                 raise SystemExit(f"cannot create flag: {r.status} {await r.text()}")
 
 
-def _cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU seconds of process ``pid`` so far (Linux), None without a pid."""
-    if pid is None:
-        return None
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _cpu_figures(use: cpumeter.CpuUse, units: int, unit: str) -> dict[str, Any]:
+    per_unit = use.per_unit_us(units)
+    figures: dict[str, Any] = {
+        f"cpu_us_per_{unit}": per_unit,
+        "machine_cores_busy": use.machine_cores_busy,
+    }
+    if "publisher" in per_unit:  # the figure BENCHMARKS.md has quoted since the first pass
+        figures[f"publisher_cpu_us_per_{unit}"] = per_unit["publisher"]
+    return figures
+
+
+def _cpu_note(figures: dict[str, Any], unit: str) -> str:
+    per_unit = figures[f"cpu_us_per_{unit}"]
+    parts = ", ".join(f"{name} {us:g}" for name, us in per_unit.items())
+    return (
+        f"; CPU us/{unit}: {parts}; {figures['machine_cores_busy']:g} of "
+        f"{figures['cpus']} cores busy"
+    )
 
 
 def _import_flag(i: int) -> dict[str, Any]:
@@ -139,7 +155,7 @@ async def _run_import(args: argparse.Namespace) -> dict[str, Any]:
             if resp.status not in (201, 202):
                 raise SystemExit(f"cannot create environment {env}: {resp.status}")
         statuses: dict[int, int] = {}
-        cpu0 = _cpu_seconds(args.publisher_pid)
+        cpu0 = cpumeter.read(args.cpu_pids)
         began = time.perf_counter()
         if args.import_mode == "bulk":
             starts = iter(range(0, len(flags), args.bulk_size))
@@ -168,7 +184,7 @@ async def _run_import(args: argparse.Namespace) -> dict[str, Any]:
 
             await asyncio.gather(*(worker() for _ in range(args.concurrency)))
         elapsed = time.perf_counter() - began
-        cpu1 = _cpu_seconds(args.publisher_pid)
+        cpu = cpumeter.since(cpu0, args.cpu_pids)
     acknowledged = sum(v for k, v in statuses.items() if k in (200, 201))
     result: dict[str, Any] = {
         "mode": args.import_mode,
@@ -178,9 +194,9 @@ async def _run_import(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": round(elapsed, 3),
         "items_per_second": round(acknowledged / elapsed, 1) if elapsed else 0.0,
         "bytes_per_item": len(json.dumps(flags[0])),
+        "cpus": cpu.cores,
+        **_cpu_figures(cpu, len(flags), "item"),
     }
-    if cpu0 is not None and cpu1 is not None:
-        result["publisher_cpu_us_per_item"] = round((cpu1 - cpu0) / len(flags) * 1e6, 1)
     return result
 
 
@@ -230,24 +246,19 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             await asyncio.gather(*(worker(c, args.warmup, False) for c in connections))
             counter = 0
-            cpu0 = _cpu_seconds(args.publisher_pid)
+            cpu0 = cpumeter.read(args.cpu_pids)
             began = time.perf_counter()
             await asyncio.gather(*(worker(c, args.writes, True) for c in connections))
             elapsed = time.perf_counter() - began
-            cpu1 = _cpu_seconds(args.publisher_pid)
+            cpu = cpumeter.since(cpu0, args.cpu_pids)
         finally:
             for connection in connections:
                 connection.close()
 
     latencies.sort()
     acknowledged = statuses.get(200, 0)
-    cpu: dict[str, Any] = {}
-    if cpu0 is not None and cpu1 is not None:
-        cpu["publisher_cpu_us_per_write"] = round(
-            (cpu1 - cpu0) / max(1, sum(statuses.values())) * 1e6, 1
-        )
     return {
-        **cpu,
+        **_cpu_figures(cpu, sum(statuses.values()), "write"),
         "writes": sum(statuses.values()),
         "acknowledged": acknowledged,
         "pending_202": statuses.get(202, 0),
@@ -261,7 +272,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         "concurrency": args.concurrency,
         "client": args.client,
         "flags": args.flags,
-        "cpus": os.cpu_count(),
+        "cpus": cpu.cores,
         "python": platform.python_version(),
     }
 
@@ -337,6 +348,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--publisher-pid", type=int, default=None, help="report this process's CPU per write"
     )
     parser.add_argument(
+        "--cpu-of",
+        action="append",
+        default=[],
+        metavar="NAME=PID",
+        help="also report this process's CPU per write under NAME (repeatable)",
+    )
+    parser.add_argument(
+        "--stack-cpu",
+        action="store_true",
+        help="also report the CPU per write of the local stack's Kafka broker and Redis",
+    )
+    parser.add_argument(
         "--import-items", type=int, default=0, help="measure an import of N flags instead"
     )
     parser.add_argument("--import-mode", choices=["bulk", "puts"], default="bulk")
@@ -352,6 +375,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--kafka-bootstrap", default=os.environ.get("FLAGSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
     )
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        args.cpu_pids = _cpu_pids(args)
+    except ValueError as exc:
+        print(f"bench_publisher: {exc}", file=sys.stderr)
+        return 2
     if args.kafka_batches:
         if not args.kafka_bootstrap.startswith(("127.", "localhost")):
             print("bench_publisher: a loopback Kafka only (127.0.0.1:PORT)", file=sys.stderr)
@@ -383,15 +411,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json:
             print(json.dumps(imported, indent=2))
         else:
-            cpu_note = (
-                f", publisher CPU {imported['publisher_cpu_us_per_item']} us/item"
-                if "publisher_cpu_us_per_item" in imported
-                else ""
-            )
             print(
                 f"imported {imported['acknowledged_items']} of {imported['items']} flags "
                 f"({imported['mode']}) in {imported['seconds']} s: "
-                f"{imported['items_per_second']} items/s{cpu_note} {imported['statuses']}"
+                f"{imported['items_per_second']} items/s {imported['statuses']}"
+                f"{_cpu_note(imported, 'item')}"
             )
         return 0 if imported["acknowledged_items"] == imported["items"] else 1
     try:
@@ -402,21 +426,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        cpu_note = (
-            f", publisher CPU {result['publisher_cpu_us_per_write']} us/write"
-            if "publisher_cpu_us_per_write" in result
-            else ""
-        )
         print(
-            f"{result['acknowledged']} acknowledged writes in {result['seconds']} s{cpu_note}: "
+            f"{result['acknowledged']} acknowledged writes in {result['seconds']} s: "
             f"{result['acknowledged_writes_per_second']} writes/s (acks=all), "
             f"concurrency {result['concurrency']} ({result['client']} client), "
             f"p50 {result['latency_ms_p50']} ms, "
             f"p99 {result['latency_ms_p99']} ms, max {result['latency_ms_max']} ms; "
             f"202 pending: {result['pending_202']}, errors: {result['errors']} "
-            f"{result['statuses']}"
+            f"{result['statuses']}{_cpu_note(result, 'write')}"
         )
     return 0 if result["errors"] == 0 else 1
+
+
+def _cpu_pids(args: argparse.Namespace) -> dict[str, int]:
+    """The processes whose CPU the benchmark reports, by name (ValueError: say what to fix)."""
+    pids = dict(cpumeter.parse_named_pid(spec) for spec in args.cpu_of)
+    if args.publisher_pid is not None:
+        pids["publisher"] = args.publisher_pid
+    if args.stack_cpu:
+        from flagstream.stack.stack import Stack, resolve_config
+
+        stack = Stack(resolve_config())
+        for name, pid in (("kafka", stack.kafka.pid), ("redis", stack.redis.pid)):
+            if pid is None:
+                raise ValueError(f"--stack-cpu: the local stack's {name} is not running")
+            pids[name] = pid
+    for name, pid in pids.items():
+        if not os.path.exists(f"/proc/{pid}/stat"):
+            raise ValueError(f"no process {pid} ({name}) on this machine")
+    return pids
 
 
 if __name__ == "__main__":  # pragma: no cover

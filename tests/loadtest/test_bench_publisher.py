@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator
 from subprocess import Popen
 
@@ -62,13 +63,34 @@ def test_the_write_benchmark_counts_acknowledged_writes(
     process, url = running_publisher
     args = ["--url", url, "--token", TOKEN, "--env", "bench", "--writes", "40", "--warmup", "5"]
     args += ["--concurrency", "4", "--client", client, "--publisher-pid", str(process.pid)]
-    assert main([*args, "--json"]) == 0
+    assert main([*args, "--stack-cpu", "--json"]) == 0
     figures = json.loads(capsys.readouterr().out)
     assert (figures["client"], figures["writes"], figures["errors"]) == (client, 40, 0)
     # every write answered 200 (Kafka acknowledged) or 202 (queued), never lost
     assert figures["acknowledged"] + figures["pending_202"] == 40
     assert figures["latency_ms_p50"] <= figures["latency_ms_max"]
-    assert figures["publisher_cpu_us_per_write"] > 0
+    # where the CPU went: every stage of the write path did work for every write
+    cpu = figures["cpu_us_per_write"]
+    assert set(cpu) == {"client", "publisher", "kafka", "redis"}
+    # Redis's share of 40 writes (~3 ms) is below /proc's 10 ms tick: it may read 0
+    assert cpu["client"] > 0 and cpu["publisher"] > 0 and cpu["kafka"] > 0, cpu
+    assert cpu["redis"] >= 0, cpu
+    assert figures["publisher_cpu_us_per_write"] == cpu["publisher"]
+    assert 0 < figures["machine_cores_busy"] <= figures["cpus"]
+    assert main(args) == 0  # the readable summary names them too
+    summary = capsys.readouterr().out
+    assert "CPU us/write: publisher " in summary and ", client " in summary, summary
+    assert re.search(r"; [0-9.]+ of [0-9]+ cores busy$", summary.strip()), summary
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"), [("kafka", "NAME=PID"), ("kafka=999999999", "no process 999999999")]
+)
+def test_a_process_to_measure_must_exist(
+    spec: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--token", TOKEN, "--cpu-of", spec]) == 2
+    assert says in capsys.readouterr().err
 
 
 def test_the_write_benchmark_reports_an_unreachable_publisher(

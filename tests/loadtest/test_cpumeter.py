@@ -1,0 +1,95 @@
+"""``loadtest.cpumeter``: CPU of named processes and of the machine, read from the real /proc."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from loadtest import cpumeter
+
+pytestmark = pytest.mark.unit
+
+
+def _spin(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_this_process_is_the_client_and_its_work_is_counted() -> None:
+    before = cpumeter.read({})
+    _spin(0.2)
+    use = cpumeter.since(before, {})
+    assert set(use.seconds) == {cpumeter.CLIENT}
+    assert 0.2 <= use.seconds[cpumeter.CLIENT] < 5
+    # at least the core this process kept busy, never more than the machine has
+    assert 0.5 <= use.machine_cores_busy <= use.cores == os.cpu_count()
+
+
+def test_a_named_process_counts_its_descendants() -> None:
+    # a shell (the named process) whose child spins: the broker's launcher and its JVM
+    spin = f"{sys.executable} -c 'while True: pass'"
+    parent = subprocess.Popen(["sh", "-c", f"{spin}; true"], start_new_session=True)
+    try:
+        time.sleep(0.2)
+        before = cpumeter.read({"launcher": parent.pid})
+        time.sleep(0.5)
+        use = cpumeter.since(before, {"launcher": parent.pid})
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait()
+    assert 0.05 <= use.seconds["launcher"] < 5  # ~0.5 s on an idle machine
+
+
+def test_a_process_that_exits_counts_as_nothing_more() -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    before = cpumeter.read({"gone": gone.pid})
+    gone.wait()
+    use = cpumeter.since(before, {"gone": gone.pid})
+    assert use.seconds["gone"] == 0.0  # never negative, never an error
+
+
+def test_a_busy_named_process_is_counted() -> None:
+    code = "import time\ne = time.process_time() + 30\nwhile time.process_time() < e: pass"
+    spinner = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(0.1)
+        before = cpumeter.read({"spinner": spinner.pid})
+        time.sleep(0.5)
+        use = cpumeter.since(before, {"spinner": spinner.pid})
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert 0.05 <= use.seconds["spinner"] < 5  # ~0.5 s on an idle machine
+    assert use.seconds[cpumeter.CLIENT] < 0.2  # this process slept
+    per_write = use.per_unit_us(1000)
+    assert per_write["spinner"] == pytest.approx(use.seconds["spinner"] * 1000, abs=0.1)
+
+
+def test_machine_busy_seconds_counts_busy_fields_only(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    ticks = os.sysconf("SC_CLK_TCK")
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text(
+        f"cpu  {ticks} {ticks} {ticks} {50 * ticks} {9 * ticks} 0 {ticks} {ticks} 7 7\n"
+    )
+    assert cpumeter.machine_busy_seconds(stat) == pytest.approx(5.0)
+    stat.write_text("intr 1 2 3\n")
+    with pytest.raises(ValueError, match="'cpu' line"):
+        cpumeter.machine_busy_seconds(stat)
+
+
+@pytest.mark.parametrize("spec", ["publisher", "=12", "kafka=", "kafka=x1", "client=12"])
+def test_a_malformed_named_pid_says_the_form(spec: str) -> None:
+    with pytest.raises(ValueError, match="NAME=PID"):
+        cpumeter.parse_named_pid(spec)
+
+
+def test_a_named_pid_parses() -> None:
+    assert cpumeter.parse_named_pid("kafka=1234") == ("kafka", 1234)
