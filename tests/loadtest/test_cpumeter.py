@@ -32,19 +32,32 @@ def test_this_process_is_the_client_and_its_work_is_counted() -> None:
     assert 0.5 <= use.machine_cores_busy <= use.cores == os.cpu_count()
 
 
+def _measure_half_a_second_of(argv: list[str], name: str) -> cpumeter.CpuUse:
+    """Start ``argv`` (in a process group of its own), measure it as ``name`` for ~0.5 s."""
+    process = subprocess.Popen(argv, start_new_session=True)
+    try:
+        time.sleep(0.2)
+        before = cpumeter.read({name: process.pid})
+        time.sleep(0.5)
+        return cpumeter.since(before, {name: process.pid})
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def test_a_named_process_counts_its_descendants() -> None:
     # a shell (the named process) whose child spins: the broker's launcher and its JVM
     spin = f"{sys.executable} -c 'while True: pass'"
-    parent = subprocess.Popen(["sh", "-c", f"{spin}; true"], start_new_session=True)
-    try:
-        time.sleep(0.2)
-        before = cpumeter.read({"launcher": parent.pid})
-        time.sleep(0.5)
-        use = cpumeter.since(before, {"launcher": parent.pid})
-    finally:
-        os.killpg(parent.pid, signal.SIGKILL)
-        parent.wait()
+    use = _measure_half_a_second_of(["sh", "-c", f"{spin}; true"], "launcher")
     assert 0.05 <= use.seconds["launcher"] < 5  # ~0.5 s on an idle machine
+
+
+def test_a_busy_named_process_is_counted() -> None:
+    use = _measure_half_a_second_of([sys.executable, "-c", "while True: pass"], "spinner")
+    assert 0.05 <= use.seconds["spinner"] < 5  # ~0.5 s on an idle machine
+    assert use.seconds[cpumeter.CLIENT] < 0.2  # this process slept
+    per_write = use.per_unit_us(1000)
+    assert per_write["spinner"] == pytest.approx(use.seconds["spinner"] * 1000, abs=0.1)
 
 
 def test_a_process_that_exits_counts_as_nothing_more() -> None:
@@ -53,23 +66,6 @@ def test_a_process_that_exits_counts_as_nothing_more() -> None:
     gone.wait()
     use = cpumeter.since(before, {"gone": gone.pid})
     assert use.seconds["gone"] == 0.0  # never negative, never an error
-
-
-def test_a_busy_named_process_is_counted() -> None:
-    code = "import time\ne = time.process_time() + 30\nwhile time.process_time() < e: pass"
-    spinner = subprocess.Popen([sys.executable, "-c", code])
-    try:
-        time.sleep(0.1)
-        before = cpumeter.read({"spinner": spinner.pid})
-        time.sleep(0.5)
-        use = cpumeter.since(before, {"spinner": spinner.pid})
-    finally:
-        spinner.kill()
-        spinner.wait()
-    assert 0.05 <= use.seconds["spinner"] < 5  # ~0.5 s on an idle machine
-    assert use.seconds[cpumeter.CLIENT] < 0.2  # this process slept
-    per_write = use.per_unit_us(1000)
-    assert per_write["spinner"] == pytest.approx(use.seconds["spinner"] * 1000, abs=0.1)
 
 
 def test_machine_busy_seconds_counts_busy_fields_only(tmp_path: Path) -> None:
