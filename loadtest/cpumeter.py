@@ -6,9 +6,10 @@ the publisher is slow or the machine is full; the per-process CPU of the measure
 beside how many of the machine's cores were busy, can: when the cores are all busy, the
 other processes' CPU per write bounds what any publisher could reach on this machine.
 
-Readings come from ``/proc`` (Linux): ``/proc/PID/stat`` for a process and its descendants
-(``loadtest.sysinfo.cpu_seconds``), and the first line of ``/proc/stat`` for the machine
-(every core's busy time; idle and iowait are not busy).
+Readings come from ``/proc`` (Linux): ``/proc/PID/stat`` for a process, its descendants and
+the children they reaped (``loadtest.sysinfo.cpu_seconds``: a child that forks and exits
+within the interval, like Redis's AOF rewrite, stays counted), and the first line of
+``/proc/stat`` for the machine (every core's busy time; idle and iowait are not busy).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class CpuUse:
 def read(pids: Mapping[str, int]) -> CpuReading:
     """Read now. A process (and its descendants) that exited counts as having used nothing
     more, so a reading never fails on a process that ended."""
-    processes = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    processes = {name: cpu_seconds(pid, reaped=True) for name, pid in pids.items()}
     processes[CLIENT] = time.process_time()
     return CpuReading(processes, machine_busy_seconds(), time.monotonic())
 

@@ -110,9 +110,14 @@ def pid_tree(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pid: int, *, tree: bool = True) -> float:
+def cpu_seconds(pid: int, *, tree: bool = True, reaped: bool = False) -> float:
     """User + system CPU time consumed so far by ``pid`` (and its descendants), from
-    /proc/*/stat. Diff two readings to get a process's CPU share over an interval."""
+    /proc/*/stat. Diff two readings to get a process's CPU share over an interval.
+
+    ``reaped`` also counts the children each of them has waited for (cutime, cstime): without
+    it, a descendant that exits between two readings takes its CPU with it (Redis's AOF
+    rewrite child, forked and reaped within a benchmark, made Redis read 0 one run and
+    three times its share the next)."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
     for p in pid_tree(pid) if tree else [pid]:
@@ -121,6 +126,8 @@ def cpu_seconds(pid: int, *, tree: bool = True) -> float:
         except OSError:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+        if reaped:
+            total += int(fields[13]) + int(fields[14])  # cutime, cstime (fields 16, 17)
     return total / ticks
 
 

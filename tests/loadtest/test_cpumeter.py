@@ -52,6 +52,27 @@ def test_a_named_process_counts_its_descendants() -> None:
     assert 0.05 <= use.seconds["launcher"] < 5  # ~0.5 s on an idle machine
 
 
+def test_a_child_that_exits_within_the_interval_stays_counted(tmp_path: Path) -> None:
+    # Redis's AOF rewrite: a child forked, busy for a while, reaped before the second reading
+    spin = "import time\ne = time.process_time() + 0.3\nwhile time.process_time() < e: pass"
+    reaped = tmp_path / "reaped"
+    parent = subprocess.Popen(
+        ["sh", "-c", f'{sys.executable} -c "$0"; touch "$1"; sleep 30', spin, str(reaped)],
+        start_new_session=True,
+    )
+    try:
+        before = cpumeter.read({"forker": parent.pid})
+        deadline = time.monotonic() + 30
+        while not reaped.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        use = cpumeter.since(before, {"forker": parent.pid})
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait()
+    assert reaped.exists()
+    assert 0.2 <= use.seconds["forker"] < 5
+
+
 def test_a_busy_named_process_is_counted() -> None:
     use = _measure_half_a_second_of([sys.executable, "-c", "while True: pass"], "spinner")
     assert 0.05 <= use.seconds["spinner"] < 5  # ~0.5 s on an idle machine
