@@ -22,7 +22,15 @@ from pathlib import Path
 
 from loadtest.sysinfo import cpu_seconds
 
-__all__ = ["CpuReading", "CpuUse", "machine_busy_seconds", "parse_named_pid", "read", "since"]
+__all__ = [
+    "CLIENT",
+    "CpuReading",
+    "CpuUse",
+    "machine_busy_seconds",
+    "parse_named_pid",
+    "read",
+    "since",
+]
 
 CLIENT = "client"  # this process: the benchmark's own load generator
 

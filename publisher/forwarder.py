@@ -43,7 +43,7 @@ Rules:
 - **Configuration errors** (``TopicConfigError``: e.g. more replicas than brokers) are logged
   as errors naming the setting to change; retrying continues at the capped backoff.
 - **One batch, one transaction.** A batch is handed to the record log as one
-  ``send_records`` call (``BatchRecordLog.send_batch`` when the log has it), which the Kafka
+  ``batch_sender`` call (``BatchRecordLog.send_batch`` when the log has it), which the Kafka
   log sends as one transaction. Group-committed writes are adjacent in the outbox, so the
   records of one group usually travel in one batch.
 - **Notification, not polling.** A commit on this instance kicks the forwarder at once; a
@@ -64,16 +64,14 @@ import contextlib
 import logging
 import time
 import uuid
-from functools import partial
 
 from publisher.log import (
-    BatchRecordLog,
     FencingRecordLog,
     LogFenced,
     RecordLog,
     TopicConfigError,
     TopicCreationAware,
-    send_records,
+    batch_sender,
 )
 from publisher.metrics import PublisherMetrics
 from publisher.republish import republish_state
@@ -108,9 +106,7 @@ class Forwarder:
         # Protocol inspects every member on each call, tens of µs a step on the hot path.
         self._fencing_log = log if isinstance(log, FencingRecordLog) else None
         self._topic_aware_log = log if isinstance(log, TopicCreationAware) else None
-        self._send_records = (
-            log.send_batch if isinstance(log, BatchRecordLog) else partial(send_records, log)
-        )
+        self._send_batch = batch_sender(log)
         self._metrics = metrics
         self.owner = owner or f"publisher-{uuid.uuid4().hex[:12]}"
         self._ttl = lease_ttl
@@ -301,7 +297,7 @@ class Forwarder:
         succeed nor fail for a long time: that stall is what operators need to see.
         """
         batch = asyncio.ensure_future(
-            self._send_records([(e.record.env, e.record.key, e.record.value) for e in entries])
+            self._send_batch([(e.record.env, e.record.key, e.record.value) for e in entries])
         )
         while True:
             done, _ = await asyncio.wait({batch}, timeout=self._stall_after)

@@ -29,7 +29,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, Protocol, runtime_checkable
 
 import aiokafka.producer.sender as _aiokafka_sender
@@ -50,6 +51,7 @@ __all__ = [
     "RecordLog",
     "TopicConfigError",
     "TopicCreationAware",
+    "batch_sender",
     "check_topic_config",
     "default_transactional_id",
     "ensure_topic",
@@ -115,10 +117,25 @@ class BatchRecordLog(Protocol):
         """
 
 
-async def send_records(log: RecordLog, records: Sequence[tuple[str, bytes, bytes]]) -> list[object]:
-    """``log.send_batch(records)`` if the log has it, else one ``send`` per record, pipelined."""
+RecordBatch = Sequence[tuple[str, bytes, bytes]]
+BatchSender = Callable[[RecordBatch], Awaitable[list[object]]]
+
+
+def batch_sender(log: RecordLog) -> BatchSender:
+    """How to send a batch to ``log``: its ``send_batch`` if it has one, else one ``send`` per
+    record, pipelined. Decide once per log: an isinstance check against a runtime-checkable
+    Protocol inspects every member, 8-16 µs a call."""
     if isinstance(log, BatchRecordLog):
-        return await log.send_batch(records)
+        return log.send_batch
+    return partial(_send_each, log)
+
+
+async def send_records(log: RecordLog, records: RecordBatch) -> list[object]:
+    """``batch_sender(log)(records)``, for a caller that sends once."""
+    return await batch_sender(log)(records)
+
+
+async def _send_each(log: RecordLog, records: RecordBatch) -> list[object]:
     return list(
         await asyncio.gather(
             *(log.send(env, key, value) for env, key, value in records), return_exceptions=True
