@@ -121,7 +121,9 @@ async def test_outbox_order_fenced_removal_and_contains(store: Store) -> None:
 
 
 async def test_lease_is_exclusive_and_each_term_has_a_larger_fence(store: Store) -> None:
-    a = await store.acquire_lease("a", 300)
+    # Held for 5 s while exclusivity is checked (a 300 ms term could lapse between these
+    # round trips on a loaded machine and let "b" in); the renewal then shortens it to 300 ms.
+    a = await store.acquire_lease("a", 5000)
     assert a is not None
     assert await store.acquire_lease("b", 300) is None
     assert await store.acquire_lease("a", 300) == a  # renewal keeps the term
