@@ -72,15 +72,18 @@ def _principal(token_id: str) -> Principal:
 
 
 def test_principal_cache_expires_revokes_and_is_bounded() -> None:
-    cache = PrincipalCache(ttl=0.05, max_entries=2)
+    # A ttl far beyond the test for what must still be remembered (a 50 ms one could lapse
+    # between a put and its get on a loaded machine); a 50 ms cache of its own for expiry.
+    cache = PrincipalCache(ttl=60, max_entries=2)
     cache.put("h1", _principal("t1"))
     cache.put("h1b", _principal("t1"))
     assert cache.get("h1") == _principal("t1")
     cache.revoke("t1")
     assert cache.get("h1") is None and cache.get("h1b") is None
-    cache.put("h2", _principal("t2"))
+    short = PrincipalCache(ttl=0.05)
+    short.put("h2", _principal("t2"))
     time.sleep(0.06)
-    assert cache.get("h2") is None  # expired after ttl
+    assert short.get("h2") is None  # expired after ttl
     for n in range(3):
         cache.put(f"x{n}", _principal(f"t{n}"))
     assert cache.get("x0") is None and cache.get("x2") is not None
