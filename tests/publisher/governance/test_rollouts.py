@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from gov_support import BASE, Gov, flag_body, wait_until
 
+from publisher.governance import scheduler as scheduler_module
+
 PLAN = f"{BASE}/flags/f1/rollout-plan"
 
 
@@ -60,13 +62,15 @@ async def test_a_plan_advances_step_by_step_to_completion(gov: Gov) -> None:
     assert [p["id"] for p in listed["items"]] == [plan["id"]]
 
 
-async def test_a_manual_edit_pauses_the_plan_and_is_never_overwritten(gov: Gov) -> None:
+async def test_a_manual_edit_pauses_the_plan_and_is_never_overwritten(
+    gov: Gov, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await gov.ok(
         "PUT",
         PLAN,
         {
             "toVariation": 1,
-            "steps": [{"percent": 20, "holdSeconds": 3}, {"percent": 100, "holdSeconds": 0}],
+            "steps": [{"percent": 20, "holdSeconds": 3600}, {"percent": 100, "holdSeconds": 0}],
         },
         as_="alice",
     )
@@ -74,6 +78,12 @@ async def test_a_manual_edit_pauses_the_plan_and_is_never_overwritten(gov: Gov) 
     human = await gov.ok(
         "PATCH", f"{BASE}/flags/f1", {"fallthrough": {"variation": 0, "rollout": None}}, as_="bob"
     )
+    # The next step falls due only now, after the manual edit: the scheduler's clock moves an
+    # hour on (with a hold of a few seconds, a loaded machine could let the step be written
+    # before the edit, completing the plan).
+    later = scheduler_module.now_ms() + 3600 * 1000
+    monkeypatch.setattr(scheduler_module, "now_ms", lambda: later)
+    gov.governance.scheduler.kick()
     await wait_until(lambda: plan_status(gov, "paused"), within=10)
     paused = await gov.ok("GET", PLAN)
     assert "changed by another writer" in paused["pausedReason"]
