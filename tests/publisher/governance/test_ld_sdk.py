@@ -19,6 +19,8 @@ from ldclient.versioned_data_kind import FEATURES
 from publisher_support import ADMIN, Api, ApiFactory
 from relay_support import relay_settings, run_relay, wait_ready, wait_until
 
+from publisher.governance import scheduler as scheduler_module
+from publisher.governance.install import GOVERNANCE
 from publisher.redis_store import RedisStore
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -75,9 +77,20 @@ async def publisher(
 
 
 async def test_ld_sdk_sees_a_scheduled_change_and_every_rollout_step(
-    publisher: tuple[Api, str], kafka_bootstrap: str
+    publisher: tuple[Api, str], kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     api, sdk_key = publisher
+    # The rollout's steps hold an hour each; once the SDK has a step, the test sets the
+    # scheduler's clock to the time the next one is due (so that one alone falls due). With
+    # holds of a second, a loaded machine could deliver two steps to the relay together,
+    # which then sends only the later one (coalescing): the SDK would never see the earlier.
+    clock: dict[str, int | None] = {"ms": None}
+    real_now_ms = scheduler_module.now_ms
+
+    def scheduler_now_ms() -> int:
+        return real_now_ms() if clock["ms"] is None else clock["ms"]
+
+    monkeypatch.setattr(scheduler_module, "now_ms", scheduler_now_ms)
     async with run_relay(relay_settings(kafka_bootstrap, api.topic)) as relay:
         await wait_ready(relay)
         recording = RecordingStore()
@@ -121,21 +134,30 @@ async def test_ld_sdk_sees_a_scheduled_change_and_every_rollout_step(
             )
 
             # -- every step of a progressive rollout -------------------------------------
+            plan_path = "/api/v1/environments/prod/flags/colour/rollout-plan"
             status, plan, _ = await api.call(
                 "PUT",
-                "/api/v1/environments/prod/flags/colour/rollout-plan",
+                plan_path,
                 {
                     "toVariation": 1,
                     "steps": [
-                        {"percent": 10, "holdSeconds": 1},
-                        {"percent": 50, "holdSeconds": 1},
+                        {"percent": 10, "holdSeconds": 3600},
+                        {"percent": 50, "holdSeconds": 3600},
                         {"percent": 100, "holdSeconds": 0},
                     ],
                 },
                 token=ADMIN,
             )
             assert status == 201, plan
-            await wait_until(lambda: len(recording.versions("colour")) >= 4, within=30)
+            for seen_versions in (2, 3, 4):
+                await wait_until(
+                    lambda n=seen_versions: len(recording.versions("colour")) >= n, within=30
+                )
+                status, shown, _ = await api.call("GET", plan_path, token=ADMIN)
+                assert status == 200, shown
+                if shown["nextStepAt"] is not None:  # the step's hold is over
+                    clock["ms"] = shown["nextStepAt"]
+                    api.app[GOVERNANCE].scheduler.kick()
             seen = recording.versions("colour")
             assert [v for _, v, _ in seen] == [1, 2, 3, 4]
             weights = [
