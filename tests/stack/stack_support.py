@@ -53,6 +53,34 @@ async def read_all(
         await consumer.stop()
 
 
+async def read_to_end(
+    bootstrap: str, topic: str, end: int, within: float = 60.0
+) -> list[tuple[int, int, bytes, bytes]]:
+    """Like ``read_all`` for partition 0, but read until the consumer's position reaches
+    ``end`` (offsets compaction removed are skipped), so a slow read is never mistaken for a
+    compacted log; AssertionError after ``within`` seconds."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        records: list[tuple[int, int, bytes, bytes]] = []
+        deadline = time.monotonic() + within
+        while await consumer.position(tp) < end:
+            assert time.monotonic() < deadline, f"{topic}: offset {end} not reached"
+            batch = await consumer.getmany(tp, timeout_ms=500)
+            records += [(0, m.offset, m.key, m.value) for m in batch.get(tp, [])]
+        return records
+    finally:
+        await consumer.stop()
+
+
 async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
