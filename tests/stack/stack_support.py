@@ -25,18 +25,23 @@ def idempotent_producer(bootstrap: str) -> AIOKafkaProducer:
     return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
 
 
+def _reader(bootstrap: str) -> AIOKafkaConsumer:
+    """A consumer without a group that starts from the earliest offset (assign it manually)."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+
+
 async def read_all(
     bootstrap: str, topic: str, partitions: int, expected: int, within: float = 60.0
 ) -> list[tuple[int, int, bytes, bytes]]:
     """``(partition, offset, key, value)`` of records read from the beginning of every
     partition by manual assignment (no consumer group) until ``expected`` were read or
     ``within`` seconds passed (then returns what it has)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
+    consumer = _reader(bootstrap)
     await consumer.start()
     try:
         assigned = [TopicPartition(topic, p) for p in range(partitions)]
@@ -59,12 +64,7 @@ async def read_to_end(
     """Like ``read_all`` for partition 0, but read until the consumer's position reaches
     ``end`` (offsets compaction removed are skipped), so a slow read is never mistaken for a
     compacted log; AssertionError after ``within`` seconds."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
+    consumer = _reader(bootstrap)
     await consumer.start()
     try:
         tp = TopicPartition(topic, 0)
