@@ -9,7 +9,10 @@ other processes' CPU per write bounds what any publisher could reach on this mac
 Readings come from ``/proc`` (Linux): ``/proc/PID/stat`` for a process, its descendants and
 the children they reaped (``loadtest.sysinfo.cpu_seconds``: a child that forks and exits
 within the interval, like Redis's AOF rewrite, stays counted), and the first line of
-``/proc/stat`` for the machine (every core's busy time; idle and iowait are not busy).
+``/proc/stat`` for the machine (every core's busy time; idle and iowait are not busy). The
+machine's busy cores are its busy share of *all* its ticks (busy, idle, iowait) over the
+interval, times its cores: one clock for both, so the figure never exceeds the core count
+(busy ticks over wall time did, 2.03 of 2, when the two clocks were read a tick apart).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ __all__ = [
     "CLIENT",
     "CpuReading",
     "CpuUse",
-    "machine_busy_seconds",
+    "MachineTime",
+    "machine_time",
     "parse_named_pid",
     "read",
     "since",
@@ -35,15 +39,24 @@ __all__ = [
 CLIENT = "client"  # this process: the benchmark's own load generator
 
 
-def machine_busy_seconds(stat: Path = Path("/proc/stat")) -> float:
-    """Busy CPU-seconds of all cores together since boot (user, nice, system, irq, softirq,
-    steal; not idle or iowait). Guest time is already counted in user and nice."""
+@dataclass(frozen=True, slots=True)
+class MachineTime:
+    """CPU-seconds of all cores together since boot."""
+
+    busy: float  # user, nice, system, irq, softirq, steal (guest is counted in user, nice)
+    total: float  # busy, idle and iowait
+
+
+def machine_time(stat: Path = Path("/proc/stat")) -> MachineTime:
+    """The machine's busy and total CPU time, from the all-cores line of ``/proc/stat``."""
     fields = stat.read_text().splitlines()[0].split()
     if fields[0] != "cpu":
         raise ValueError(f"{stat}: first line is not the all-cores 'cpu' line")
-    user, nice, system, _idle, _iowait, irq, softirq, *rest = (int(v) for v in fields[1:])
+    user, nice, system, idle, iowait, irq, softirq, *rest = (int(v) for v in fields[1:])
     steal = rest[0] if rest else 0
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    busy = user + nice + system + irq + softirq + steal
+    ticks = os.sysconf("SC_CLK_TCK")
+    return MachineTime(busy / ticks, (busy + idle + iowait) / ticks)
 
 
 def parse_named_pid(spec: str) -> tuple[str, int]:
@@ -59,8 +72,7 @@ class CpuReading:
     """CPU time so far of each named process, of this process and of the machine."""
 
     processes: Mapping[str, float]
-    machine: float
-    at: float  # time.monotonic()
+    machine: MachineTime
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,16 +94,20 @@ def read(pids: Mapping[str, int]) -> CpuReading:
     more, so a reading never fails on a process that ended."""
     processes = {name: cpu_seconds(pid, reaped=True) for name, pid in pids.items()}
     processes[CLIENT] = time.process_time()
-    return CpuReading(processes, machine_busy_seconds(), time.monotonic())
+    return CpuReading(processes, machine_time())
 
 
 def since(before: CpuReading, pids: Mapping[str, int]) -> CpuUse:
     """What was used from ``before`` until now."""
     after = read(pids)
-    wall = max(after.at - before.at, 1e-9)
     seconds = {
         name: max(0.0, after.processes[name] - before.processes.get(name, 0.0))
         for name in after.processes
     }
-    busy = max(0.0, after.machine - before.machine) / wall
-    return CpuUse(seconds, round(busy, 2), os.cpu_count() or 1)
+    cores = os.cpu_count() or 1
+    busy = max(0.0, after.machine.busy - before.machine.busy)
+    total = after.machine.total - before.machine.total
+    # No tick passed (an interval shorter than 1/CLK_TCK per core): nothing measured. The
+    # kernel's iowait count can step backwards, so the share is capped at every core busy.
+    share = busy / total if total > 0 else 0.0
+    return CpuUse(seconds, round(min(share, 1.0) * cores, 2), cores)

@@ -89,17 +89,37 @@ def test_a_process_that_exits_counts_as_nothing_more() -> None:
     assert use.seconds["gone"] == 0.0  # never negative, never an error
 
 
-def test_machine_busy_seconds_counts_busy_fields_only(tmp_path: Path) -> None:
+def test_machine_time_counts_busy_fields_and_all_ticks(tmp_path: Path) -> None:
     stat = tmp_path / "stat"
     ticks = os.sysconf("SC_CLK_TCK")
     # user nice system idle iowait irq softirq steal guest guest_nice
     stat.write_text(
         f"cpu  {ticks} {ticks} {ticks} {50 * ticks} {9 * ticks} 0 {ticks} {ticks} 7 7\n"
     )
-    assert cpumeter.machine_busy_seconds(stat) == pytest.approx(5.0)
+    assert cpumeter.machine_time(stat) == cpumeter.MachineTime(
+        busy=pytest.approx(5.0), total=pytest.approx(64.0)
+    )
     stat.write_text("intr 1 2 3\n")
     with pytest.raises(ValueError, match="'cpu' line"):
-        cpumeter.machine_busy_seconds(stat)
+        cpumeter.machine_time(stat)
+
+
+@pytest.mark.parametrize(
+    ("busy", "total", "share"),
+    [
+        (3.0, 4.0, 0.75),  # three of four core-seconds busy
+        (0.0, 0.0, 0.0),  # no tick in the interval: nothing measured
+        (2.0, 1.5, 1.0),  # iowait stepped back: never more than every core
+    ],
+)
+def test_busy_cores_are_the_busy_share_of_all_ticks(
+    monkeypatch: pytest.MonkeyPatch, busy: float, total: float, share: float
+) -> None:
+    # The same clock for busy and total: the figure can never exceed the machine's cores,
+    # as busy ticks over wall time did (2.03 of 2 when the clocks were read a tick apart).
+    monkeypatch.setattr(cpumeter, "machine_time", lambda: cpumeter.MachineTime(busy, total))
+    use = cpumeter.since(cpumeter.CpuReading({}, cpumeter.MachineTime(0.0, 0.0)), {})
+    assert use.machine_cores_busy == round(share * use.cores, 2)
 
 
 @pytest.mark.parametrize("spec", ["publisher", "=12", "kafka=", "kafka=x1", "client=12"])
