@@ -22,16 +22,18 @@ file by ``refresh()``, which the worker runs every second and before each scrape
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 __all__ = [
     "CONTENT_TYPE",
     "PREFIX",
+    "ProcessGroupCollector",
     "RelayMetrics",
     "enable_process_group_metrics",
     "forget_worker",
@@ -87,6 +89,27 @@ def forget_worker(pid: int) -> None:
     """A worker exited: its live gauges (streams it held, its state) leave the group view."""
     if _group_directory is not None:
         mark_process_dead(pid, str(_group_directory))  # type: ignore[no-untyped-call]
+
+
+class ProcessGroupCollector(MultiProcessCollector):
+    """The group's metric files, merged, without the files a worker is still creating.
+
+    A worker (re)started by the supervisor creates each of its files empty and only then
+    sizes it; prometheus-client's collector fails on an empty file (``struct.error``), which
+    made a scrape answer 500 in the instant a killed worker came back. A file that is not
+    empty is readable: sized files start zeroed, which reads as holding no values yet.
+    """
+
+    def collect(self) -> Iterable[Metric]:
+        files = []
+        for entry in os.scandir(self._path):
+            if entry.name.endswith(".db"):
+                try:
+                    if entry.stat().st_size > 0:
+                        files.append(entry.path)
+                except FileNotFoundError:  # removed since the scan: a dead worker's gauges
+                    continue
+        return self.merge(files, accumulate=True)  # type: ignore[no-any-return, no-untyped-call]
 
 
 class _SampledGauge(Gauge):
@@ -318,7 +341,7 @@ class RelayMetrics:
         if _group_directory is None:
             return generate_latest(self.registry)
         group = CollectorRegistry()
-        MultiProcessCollector(group, path=str(_group_directory))  # type: ignore[no-untyped-call]
+        ProcessGroupCollector(group, path=str(_group_directory))  # type: ignore[no-untyped-call]
         return generate_latest(group)
 
     def render_worker(self) -> bytes:
