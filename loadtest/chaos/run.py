@@ -445,11 +445,16 @@ async def _call(
     body: Any,
     headers: dict[str, str] | None = None,
 ) -> Any:
+    """The answer's body (a write's item), retrying a 503. A 202 is a write stored durably
+    whose Kafka acknowledgement took longer than the publisher waits (a loaded machine): it is
+    delivered later, and the run's convergence check covers it like every other write."""
     for _ in range(20):
         async with session.request(method, url, json=body, headers=headers) as resp:
             payload = await resp.json(content_type=None)
             if resp.status in (200, 201):
                 return payload
+            if resp.status == 202 and payload.get("delivery") == "pending":
+                return payload["item"]
             if resp.status != 503:
                 raise RuntimeError(f"{method} {url}: {resp.status} {payload}")
         await asyncio.sleep(0.5)

@@ -189,6 +189,39 @@ async def _command(proc: asyncio.subprocess.Process, line: str) -> None:
     assert (await proc.stdout.readline()).strip() == b"ok"
 
 
+async def test_setup_takes_a_pending_write_as_written_and_retries_a_503() -> None:
+    """A seeding write answered 202 (stored, Kafka slower than the publisher waits: seen on a
+    loaded machine) is a written item, not a failed run; a 503 is asked again; other
+    answers stop the run with their status."""
+    from aiohttp import ClientSession, web
+
+    from loadtest.chaos.run import _call
+
+    answers = [
+        web.json_response({"detail": "not ready"}, status=503),
+        web.json_response({"delivery": "pending", "item": {"key": "f", "version": 1}}, status=202),
+        web.json_response({"detail": "version mismatch"}, status=409),
+    ]
+
+    async def answer(_: web.Request) -> web.Response:
+        return answers.pop(0)
+
+    app = web.Application()
+    app.router.add_put("/flag", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/flag"  # type: ignore[union-attr]
+    try:
+        async with ClientSession() as session:
+            assert await _call(session, "PUT", url, {}) == {"key": "f", "version": 1}
+            with pytest.raises(RuntimeError, match="409"):
+                await _call(session, "PUT", url, {})
+    finally:
+        await runner.cleanup()
+
+
 @pytest.mark.integration
 async def test_the_proxy_forwards_holds_and_resets() -> None:
     from flagstream.stack.process import free_port
