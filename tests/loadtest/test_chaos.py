@@ -194,6 +194,7 @@ async def test_setup_takes_a_pending_write_as_written_and_retries_a_503() -> Non
     loaded machine) is a written item, not a failed run; a 503 is asked again; other
     answers stop the run with their status."""
     from aiohttp import ClientSession, web
+    from aiohttp.test_utils import TestServer
 
     from loadtest.chaos.run import _call
 
@@ -208,18 +209,11 @@ async def test_setup_takes_a_pending_write_as_written_and_retries_a_503() -> Non
 
     app = web.Application()
     app.router.add_put("/flag", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/flag"  # type: ignore[union-attr]
-    try:
-        async with ClientSession() as session:
-            assert await _call(session, "PUT", url, {}) == {"key": "f", "version": 1}
-            with pytest.raises(RuntimeError, match="409"):
-                await _call(session, "PUT", url, {})
-    finally:
-        await runner.cleanup()
+    async with TestServer(app, host="127.0.0.1") as server, ClientSession() as session:
+        url = str(server.make_url("/flag"))
+        assert await _call(session, "PUT", url, {}) == {"key": "f", "version": 1}
+        with pytest.raises(RuntimeError, match="409"):
+            await _call(session, "PUT", url, {})
 
 
 @pytest.mark.integration
