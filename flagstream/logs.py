@@ -12,6 +12,7 @@ import json as _json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -75,10 +76,16 @@ class RateLimitFilter(logging.Filter):
     memory stays bounded whatever is logged.
     """
 
-    def __init__(self, interval: float = 10.0, max_keys: int = 1000) -> None:
+    def __init__(
+        self,
+        interval: float = 10.0,
+        max_keys: int = 1000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
         self.interval = interval
         self.max_keys = max_keys
+        self._clock = clock
         self._seen: dict[tuple[int, str], list[float]] = {}  # key -> [passed at, suppressed]
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -87,7 +94,7 @@ class RateLimitFilter(logging.Filter):
         except Exception:
             return True  # a broken record is the handler's to report, not ours to hide
         key = (record.levelno, message)
-        now = time.monotonic()
+        now = self._clock()
         entry = self._seen.get(key)
         if entry is not None and now - entry[0] < self.interval:
             entry[1] += 1

@@ -55,7 +55,6 @@ __all__ = [
     "check_topic_config",
     "default_transactional_id",
     "ensure_topic",
-    "send_records",
 ]
 
 _log = logging.getLogger("flagstream.publisher.log")
@@ -128,11 +127,6 @@ def batch_sender(log: RecordLog) -> BatchSender:
     if isinstance(log, BatchRecordLog):
         return log.send_batch
     return partial(_send_each, log)
-
-
-async def send_records(log: RecordLog, records: RecordBatch) -> list[object]:
-    """``batch_sender(log)(records)``, for a caller that sends once."""
-    return await batch_sender(log)(records)
 
 
 async def _send_each(log: RecordLog, records: RecordBatch) -> list[object]:

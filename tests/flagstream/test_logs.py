@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from types import SimpleNamespace
 
 import pytest
 
-from flagstream import logs
 from flagstream.logs import JsonFormatter, RateLimitFilter, configure_logging, rate_limit
 
 pytestmark = pytest.mark.unit
@@ -66,14 +64,13 @@ def test_non_json_extras_are_stringified() -> None:
 
 
 def test_rate_limit_lets_one_line_per_interval_through_then_counts_the_rest(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # The filter's clock is the test's: on the real one, a stall of the loaded machine
     # during the 1000 calls below let one more line through before the interval was over.
     clock = {"now": 1000.0}
-    monkeypatch.setattr(logs, "time", SimpleNamespace(monotonic=lambda: clock["now"]))
     logger = logging.getLogger("flagstream.test.noisy")
-    limiter = RateLimitFilter(interval=0.2)
+    limiter = RateLimitFilter(interval=0.2, clock=lambda: clock["now"])
     logger.addFilter(limiter)
     try:
         caplog.set_level(logging.WARNING, logger=logger.name)

@@ -14,16 +14,16 @@ from publisher.log import (
     KafkaRecordLog,
     LogNotReady,
     TopicConfigError,
+    batch_sender,
     check_topic_config,
     ensure_topic,
-    send_records,
 )
 
 pytestmark = pytest.mark.integration
 
 
 class _PlainLog:
-    """A RecordLog without send_batch: ``send_records`` falls back to pipelined sends."""
+    """A RecordLog without send_batch: ``batch_sender`` falls back to pipelined sends."""
 
     def __init__(self, log: KafkaRecordLog) -> None:
         self._log = log
@@ -64,7 +64,7 @@ async def test_ensure_topic_creates_a_compacted_topic_once(
         await admin.close()
 
 
-@pytest.mark.parametrize("how", ["send", "send_batch", "send_records"])
+@pytest.mark.parametrize("how", ["send", "send_batch", "batch_sender"])
 async def test_concurrent_sends_keep_order_in_the_environment_partition(
     kafka_bootstrap: str, topic: str, how: str
 ) -> None:
@@ -86,7 +86,7 @@ async def test_concurrent_sends_keep_order_in_the_environment_partition(
             )
             assert first + second == [None] * 300
         else:
-            assert await send_records(_PlainLog(log), records) == [None] * 300
+            assert await batch_sender(_PlainLog(log))(records) == [None] * 300
     finally:
         await log.stop()
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
