@@ -22,6 +22,11 @@ Writes are idempotent: each call carries a fresh write id, and the script record
 TTL) with the outbox id it produced. So the client may retry a command once on a connection
 error (a pooled connection that went stale when Redis restarted) without ever applying a write
 twice or turning its own success into a conflict.
+
+The three commands every write runs (the group commit's ``write_items`` script, the
+forwarder's outbox read and its removal) go through ``publisher.resp``, a lean pipelined
+client, instead of redis-py, with the same one retry on a connection error; everything else
+uses redis-py.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from protocol.environment import EnvironmentRecord
+from publisher.resp import RespClient, RespReplyError, RespUnavailable, Script
 from publisher.store import (
     EnvironmentExists,
     ItemKind,
@@ -243,7 +249,7 @@ def _unavailable(
             return await fn(*args, **kwargs)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreUnavailable(f"Redis is unreachable ({type(exc).__name__})") from exc
-        except RedisError as exc:
+        except (RedisError, RespReplyError) as exc:
             # e.g. LOADING (restarting), READONLY (failover), MISCONF (disk full): all transient
             # for the caller, who gets a 503 and retries.
             raise StoreUnavailable(f"Redis refused the command: {str(exc)[:200]}") from exc
@@ -290,6 +296,12 @@ class RedisStore:
         self._write_item = self._r.register_script(_WRITE_ITEM)
         self._write_env = self._r.register_script(_WRITE_ENV)
         self._write_items = self._r.register_script(_WRITE_ITEMS)
+        # The hot path's commands (module docstring); None: redis-py for them too (TLS).
+        self._hot = RespClient.for_url(
+            url, connect_timeout=connect_timeout, timeout=command_timeout
+        )
+        self._write_items_script = Script(_WRITE_ITEMS)
+        self._remove_script = Script(_OUTBOX_REMOVE)
         self._acquire = self._r.register_script(_ACQUIRE_LEASE)
         self._release = self._r.register_script(_RELEASE_LEASE)
         self._remove = self._r.register_script(_OUTBOX_REMOVE)
@@ -305,7 +317,27 @@ class RedisStore:
         await self._r.ping()
 
     async def close(self) -> None:
+        if self._hot is not None:
+            await self._hot.close()
         await self._r.aclose()
+
+    async def _hot_call(self, *args: str | bytes | int) -> Any:
+        """A hot-path command on the lean client, sent once more on a connection error
+        (as redis-py's one retry: a connection gone stale when Redis restarted)."""
+        assert self._hot is not None
+        try:
+            return await self._hot.call(*args)
+        except RespUnavailable:
+            return await self._hot.call(*args)
+
+    async def _hot_script(
+        self, script: Script, keys: list[str], args: list[str | bytes | int]
+    ) -> Any:
+        assert self._hot is not None
+        try:
+            return await self._hot.script(script, keys, args)
+        except RespUnavailable:
+            return await self._hot.script(script, keys, args)
 
     # -- environments ------------------------------------------------------------------
     @_unavailable
@@ -448,7 +480,10 @@ class RedisStore:
                 w.audit,
                 "" if w.policy_revision is None else w.policy_revision,
             ]
-        raw = await self._write_items(keys=keys, args=args)
+        if self._hot is not None:
+            raw = await self._hot_script(self._write_items_script, keys, args)
+        else:
+            raw = await self._write_items(keys=keys, args=args)
         outcomes: list[WriteOutcome] = []
         for w, value in zip(writes, raw, strict=True):
             text = value.decode() if isinstance(value, bytes) else str(value)
@@ -466,28 +501,33 @@ class RedisStore:
     # -- outbox ------------------------------------------------------------------------
     @_unavailable
     async def outbox_read(self, count: int) -> list[OutboxEntry]:
-        rows = await self._r.xrange(self._k("outbox"), "-", "+", count=count)
-        out = []
-        for raw_id, fields in rows:
-            out.append(
-                OutboxEntry(
-                    id=raw_id.decode(),
-                    record=KafkaRecord(
-                        env=fields[b"env"].decode(), key=fields[b"k"], value=fields[b"v"]
-                    ),
-                    enqueued_ms=int(fields[b"t"]),
-                )
+        if self._hot is None:
+            rows = await self._r.xrange(self._k("outbox"), "-", "+", count=count)
+        else:
+            # RESP: [[id, [field, value, ...]], ...]; redis-py's reply is [(id, {field: value})]
+            raw = await self._hot_call("XRANGE", self._k("outbox"), "-", "+", "COUNT", count)
+            rows = [(raw_id, dict(zip(flat[::2], flat[1::2], strict=True))) for raw_id, flat in raw]
+        return [
+            OutboxEntry(
+                id=raw_id.decode(),
+                record=KafkaRecord(
+                    env=fields[b"env"].decode(), key=fields[b"k"], value=fields[b"v"]
+                ),
+                enqueued_ms=int(fields[b"t"]),
             )
-        return out
+            for raw_id, fields in rows
+        ]
 
     @_unavailable
     async def outbox_remove(self, ids: list[str], *, owner: str, fence: int) -> int:
         if not ids:
             return 0
-        n = await self._remove(
-            keys=[self._k("forwarder", "lease"), self._k("forwarder", "fence"), self._k("outbox")],
-            args=[owner, fence, *ids],
-        )
+        keys = [self._k("forwarder", "lease"), self._k("forwarder", "fence"), self._k("outbox")]
+        args: list[str | bytes | int] = [owner, fence, *ids]
+        if self._hot is not None:
+            n = await self._hot_script(self._remove_script, keys, args)
+        else:
+            n = await self._remove(keys=keys, args=args)
         return max(int(n), 0)
 
     @_unavailable
