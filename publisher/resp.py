@@ -145,7 +145,7 @@ class RespClient:
             timeout=timeout,
         )
 
-    async def call(self, *args: str | bytes | int) -> Any:
+    async def call(self, *args: str | bytes | int | float) -> Any:
         """Send one command and return its reply (module docstring for the failures)."""
         conn = self._conn
         if conn is None or conn.closed:

@@ -93,7 +93,7 @@ async def test_a_killed_connection_fails_its_waiting_call_and_the_next_call_reco
     await asyncio.sleep(0.1)
     admin = aioredis.Redis.from_url(redis_url)
     try:
-        assert await admin.execute_command("CLIENT", "KILL", "ID", own_id) == 1
+        assert await admin.client_kill_filter(_id=own_id) == 1
     finally:
         await admin.aclose()
     with pytest.raises(RespUnavailable, match="lost"):
