@@ -151,12 +151,17 @@ class RespClient:
         if conn is None or conn.closed:
             conn = await self._connect()
         future = conn.send(_pack(args))
+        # A plain timer, not asyncio.timeout: ~25 µs less per call, and expiry fails every
+        # call waiting on the connection anyway (module docstring).
+        timer = asyncio.get_running_loop().call_later(self._timeout, self._expire, conn, future)
         try:
-            async with asyncio.timeout(self._timeout):
-                return await future
-        except TimeoutError:
+            return await future
+        finally:
+            timer.cancel()
+
+    def _expire(self, conn: _Connection, future: asyncio.Future[Any]) -> None:
+        if not future.done():
             conn.close(f"Redis did not answer within {self._timeout:g}s")
-            raise RespUnavailable(f"Redis did not answer within {self._timeout:g}s") from None
 
     async def script(self, script: Script, keys: list[str], args: list[str | bytes | int]) -> Any:
         """EVALSHA, loading the script first when Redis does not know it (NOSCRIPT)."""
