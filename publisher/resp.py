@@ -175,6 +175,9 @@ class RespClient:
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None and not connecting.done():
+            connecting.cancel()
         if conn is not None:
             conn.close("the client was closed")
 
@@ -182,6 +185,8 @@ class RespClient:
         # Callers arriving while a connection is being made share it.
         if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.ensure_future(self._open())
+            # every caller may have been cancelled by the time it fails: seen, not logged
+            self._connecting.add_done_callback(_retrieve)
         try:
             return await asyncio.shield(self._connecting)
         except RespUnavailable:
@@ -211,8 +216,17 @@ class RespClient:
             except BaseException:
                 conn.close("setup failed")
                 raise
+            finally:
+                for reply in setup:  # the ones after a failure fail too, unawaited
+                    _retrieve(reply)
         self._conn = conn
         return conn
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a failed future's exception as seen (asyncio logs unseen ones at collection)."""
+    if future.done() and not future.cancelled():
+        future.exception()
 
 
 class Script:

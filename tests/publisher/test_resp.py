@@ -128,13 +128,13 @@ async def test_url_settings_password_and_database(private_redis: RedisServer) ->
         good = RespClient.for_url(
             f"redis://:s3cret-pass@{base}/3", connect_timeout=2.0, timeout=2.0
         )
-        wrong = RespClient.for_url(f"redis://:nope@{base}/0", connect_timeout=2.0, timeout=2.0)
+        wrong = RespClient.for_url(f"redis://:nope@{base}/3", connect_timeout=2.0, timeout=2.0)
         assert good is not None and wrong is not None
         try:
             await good.call("SET", "where", b"db3")
             assert await good.call("GET", "where") == b"db3"
             with pytest.raises(RespUnavailable, match="refused the connection's setup"):
-                await wrong.call("PING")
+                await wrong.call("PING")  # AUTH refused (the SELECT behind it fails too)
         finally:
             await good.close()
             await wrong.close()
