@@ -282,7 +282,9 @@ class RedisStore:
         audit_max_entries: int = 10_000,
         connect_timeout: float = 2.0,
         command_timeout: float = 5.0,
+        lean_hot_path: bool = True,
     ) -> None:
+        """``lean_hot_path=False`` keeps redis-py for every command, as for a TLS URL."""
         self._p = prefix
         self._audit_max = audit_max_entries
         # Any: redis-py's stubs type every reply as bytes | str | None whatever the command.
@@ -296,9 +298,11 @@ class RedisStore:
         self._write_item = self._r.register_script(_WRITE_ITEM)
         self._write_env = self._r.register_script(_WRITE_ENV)
         self._write_items = self._r.register_script(_WRITE_ITEMS)
-        # The hot path's commands (module docstring); None: redis-py for them too (TLS).
-        self._hot = RespClient.for_url(
-            url, connect_timeout=connect_timeout, timeout=command_timeout
+        # The hot path's commands (module docstring); None: redis-py for them too.
+        self._hot = (
+            RespClient.for_url(url, connect_timeout=connect_timeout, timeout=command_timeout)
+            if lean_hot_path
+            else None
         )
         self._write_items_script = Script(_WRITE_ITEMS)
         self._remove_script = Script(_OUTBOX_REMOVE)

@@ -33,10 +33,10 @@ from publisher.redis_store import RedisStore
 from publisher.store import Store
 
 
-async def _redis_store(request: pytest.FixtureRequest) -> RedisStore:
+async def _redis_store(request: pytest.FixtureRequest, *, lean_hot_path: bool) -> RedisStore:
     redis_url: str = request.getfixturevalue("redis_url")
     unique_name: str = request.getfixturevalue("unique_name")
-    return RedisStore(redis_url, prefix=f"{unique_name}:")
+    return RedisStore(redis_url, prefix=f"{unique_name}:", lean_hot_path=lean_hot_path)
 
 
 async def _close(store: Store) -> None:
@@ -45,14 +45,25 @@ async def _close(store: Store) -> None:
         await store.close()
 
 
-@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.integration), "memory", "sqlite"])
+@pytest.fixture(
+    params=[
+        pytest.param("redis", marks=pytest.mark.integration),
+        # the Redis store with redis-py for every command (a TLS URL's case)
+        pytest.param("redis-py", marks=pytest.mark.integration),
+        "memory",
+        "sqlite",
+    ]
+)
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     """Each store test runs on every Store implementation (same semantics)."""
     if request.param == "sqlite":  # flagstream.embedded (issue 17)
         async with embedded_store(request.getfixturevalue("tmp_path")) as sqlite_store:
             yield sqlite_store
         return
-    s: Store = MemoryStore() if request.param == "memory" else await _redis_store(request)
+    if request.param == "memory":
+        s: Store = MemoryStore()
+    else:
+        s = await _redis_store(request, lean_hot_path=request.param == "redis")
     try:
         yield s
     finally:
@@ -122,7 +133,7 @@ async def api(request: pytest.FixtureRequest, make_api: ApiFactory) -> AsyncIter
     if request.param == "memory":
         yield await make_api(MemoryStore(), MemoryLog(PARTITIONS))
         return
-    store = await _redis_store(request)
+    store = await _redis_store(request, lean_hot_path=True)
     try:
         yield await make_api(store)
     finally:
