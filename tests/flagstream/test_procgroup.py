@@ -13,19 +13,24 @@ import pytest
 
 from flagstream.procgroup import kill_group, log_tail, stop_group
 
-# A parent that forks a "worker" into its own process group and then waits forever.
+# A parent that forks a "worker" into its own process group and then waits for SIGTERM.
+# The parent takes SIGTERM synchronously (blocked, then sigwait), not through a Python
+# handler: a SIGTERM arriving after the handler's flag was last checked but before
+# time.sleep entered its system call did not interrupt the sleep, so the handler would only
+# have run 300 s later, and stop_group killed the parent after its 60 s (about one run in a
+# thousand with a busy core). The worker inherited that handler too until it reset it. The
+# worker unblocks SIGTERM with its default action: it dies.
 _PARENT = """
 import os, signal, sys, time
-# The handler is in place before the pid is printed, so a SIGTERM sent as soon as the test
-# reads the pid always finds it (the worker takes the default action: it dies).
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 pid = os.fork()
 if pid == 0:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     time.sleep(300)
     os._exit(0)
 print(pid, flush=True)
-time.sleep(300)
+signal.sigwait({signal.SIGTERM})
+sys.exit(0)
 """
 
 
