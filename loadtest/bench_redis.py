@@ -25,7 +25,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import uvloop
 
-from publisher.resp import RespClient, Script
+from publisher.resp import RespClient
 
 __all__ = ["main"]
 
@@ -60,7 +60,6 @@ async def _run(url: str, calls: int) -> dict[str, dict[str, float]]:
         for i in range(32):
             await py.xadd(stream, {"env": "prod", "k": f"prod/flag/f{i}", "v": b"x" * 600, "t": 1})
         script_py = py.register_script(_SCRIPT)
-        script_lean = Script(_SCRIPT)
         kinds: dict[str, tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[Any]]]] = {
             "ping": (py.ping, lambda: lean.call("PING")),
             "xrange32": (
@@ -69,7 +68,7 @@ async def _run(url: str, calls: int) -> dict[str, dict[str, float]]:
             ),
             "evalsha10k": (
                 lambda: script_py(keys=[stream], args=_SCRIPT_ARGS),
-                lambda: lean.script(script_lean, [stream], _SCRIPT_ARGS),
+                lambda: lean.script(script_py.sha, script_py.script, [stream], _SCRIPT_ARGS),
             ),
         }
         figures: dict[str, dict[str, float]] = {}

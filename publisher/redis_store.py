@@ -43,7 +43,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from protocol.environment import EnvironmentRecord
-from publisher.resp import RespClient, RespReplyError, RespUnavailable, Script
+from publisher.resp import RespClient, RespReplyError, RespUnavailable
 from publisher.store import (
     EnvironmentExists,
     ItemKind,
@@ -259,6 +259,15 @@ def _unavailable(
     return wrapper
 
 
+async def _retried(send: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+    """``send()``, once more on a connection error: redis-py's one retry (a connection gone
+    stale when Redis restarted); the commands sent this way are idempotent."""
+    try:
+        return await send()
+    except RespUnavailable:
+        return await send()
+
+
 def _failure(status: str, env: str) -> VersionConflict | UnknownEnvironment | PolicyChanged | None:
     """The failure a script reported for one write ('noenv', 'policy:<n>', 'conflict:<n>'),
     else None."""
@@ -299,13 +308,11 @@ class RedisStore:
         self._write_env = self._r.register_script(_WRITE_ENV)
         self._write_items = self._r.register_script(_WRITE_ITEMS)
         # The hot path's commands (module docstring); None: redis-py for them too.
-        self._hot = (
+        self._hot_client = (
             RespClient.for_url(url, connect_timeout=connect_timeout, timeout=command_timeout)
             if lean_hot_path
             else None
         )
-        self._write_items_script = Script(_WRITE_ITEMS)
-        self._remove_script = Script(_OUTBOX_REMOVE)
         self._acquire = self._r.register_script(_ACQUIRE_LEASE)
         self._release = self._r.register_script(_RELEASE_LEASE)
         self._remove = self._r.register_script(_OUTBOX_REMOVE)
@@ -321,27 +328,16 @@ class RedisStore:
         await self._r.ping()
 
     async def close(self) -> None:
-        if self._hot is not None:
-            await self._hot.close()
+        if self._hot_client is not None:
+            await self._hot_client.close()
         await self._r.aclose()
 
-    async def _hot_call(self, *args: str | bytes | int) -> Any:
-        """A hot-path command on the lean client, sent once more on a connection error
-        (as redis-py's one retry: a connection gone stale when Redis restarted)."""
-        assert self._hot is not None
-        try:
-            return await self._hot.call(*args)
-        except RespUnavailable:
-            return await self._hot.call(*args)
-
-    async def _hot_script(
-        self, script: Script, keys: list[str], args: list[str | bytes | int]
-    ) -> Any:
-        assert self._hot is not None
-        try:
-            return await self._hot.script(script, keys, args)
-        except RespUnavailable:
-            return await self._hot.script(script, keys, args)
+    async def _hot_script(self, script: Any, keys: list[str], args: list[str | bytes | int]) -> Any:
+        """A registered redis-py script, sent on the lean client when there is one."""
+        client = self._hot_client
+        if client is None:
+            return await script(keys=keys, args=args)
+        return await _retried(lambda: client.script(script.sha, script.script, keys, args))
 
     # -- environments ------------------------------------------------------------------
     @_unavailable
@@ -484,10 +480,7 @@ class RedisStore:
                 w.audit,
                 "" if w.policy_revision is None else w.policy_revision,
             ]
-        if self._hot is not None:
-            raw = await self._hot_script(self._write_items_script, keys, args)
-        else:
-            raw = await self._write_items(keys=keys, args=args)
+        raw = await self._hot_script(self._write_items, keys, args)
         outcomes: list[WriteOutcome] = []
         for w, value in zip(writes, raw, strict=True):
             text = value.decode() if isinstance(value, bytes) else str(value)
@@ -505,11 +498,14 @@ class RedisStore:
     # -- outbox ------------------------------------------------------------------------
     @_unavailable
     async def outbox_read(self, count: int) -> list[OutboxEntry]:
-        if self._hot is None:
+        client = self._hot_client
+        if client is None:
             rows = await self._r.xrange(self._k("outbox"), "-", "+", count=count)
         else:
             # RESP: [[id, [field, value, ...]], ...]; redis-py's reply is [(id, {field: value})]
-            raw = await self._hot_call("XRANGE", self._k("outbox"), "-", "+", "COUNT", count)
+            raw = await _retried(
+                lambda: client.call("XRANGE", self._k("outbox"), "-", "+", "COUNT", count)
+            )
             rows = [(raw_id, dict(zip(flat[::2], flat[1::2], strict=True))) for raw_id, flat in raw]
         return [
             OutboxEntry(
@@ -528,10 +524,7 @@ class RedisStore:
             return 0
         keys = [self._k("forwarder", "lease"), self._k("forwarder", "fence"), self._k("outbox")]
         args: list[str | bytes | int] = [owner, fence, *ids]
-        if self._hot is not None:
-            n = await self._hot_script(self._remove_script, keys, args)
-        else:
-            n = await self._remove(keys=keys, args=args)
+        n = await self._hot_script(self._remove, keys, args)
         return max(int(n), 0)
 
     @_unavailable

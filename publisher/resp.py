@@ -26,7 +26,6 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
@@ -34,7 +33,7 @@ from typing import Any, cast
 import hiredis
 from redis.connection import parse_url
 
-__all__ = ["RespClient", "RespReplyError", "RespUnavailable", "Script"]
+__all__ = ["RespClient", "RespReplyError", "RespUnavailable"]
 
 # hiredis's stub types the argument as a 1-tuple; it takes any tuple of str/bytes/int.
 _pack = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)
@@ -145,7 +144,7 @@ class RespClient:
             timeout=timeout,
         )
 
-    async def call(self, *args: str | bytes | int | float) -> Any:
+    async def call(self, *args: str | bytes | memoryview | int | float) -> Any:
         """Send one command and return its reply (module docstring for the failures)."""
         conn = self._conn
         if conn is None or conn.closed:
@@ -163,15 +162,22 @@ class RespClient:
         if not future.done():
             conn.close(f"Redis did not answer within {self._timeout:g}s")
 
-    async def script(self, script: Script, keys: list[str], args: list[str | bytes | int]) -> Any:
-        """EVALSHA, loading the script first when Redis does not know it (NOSCRIPT)."""
+    async def script(
+        self,
+        sha: str,
+        source: str | bytes | memoryview,
+        keys: list[str],
+        args: list[str | bytes | int],
+    ) -> Any:
+        """EVALSHA ``sha``, loading ``source`` first when Redis does not know it (NOSCRIPT).
+        ``sha`` and ``source`` are a registered redis-py script's ``.sha`` and ``.script``."""
         try:
-            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
         except RespReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-        await self.call("SCRIPT", "LOAD", script.source)
-        return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        await self.call("SCRIPT", "LOAD", source)
+        return await self.call("EVALSHA", sha, len(keys), *keys, *args)
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -227,13 +233,3 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
     """Mark a failed future's exception as seen (asyncio logs unseen ones at collection)."""
     if future.done() and not future.cancelled():
         future.exception()
-
-
-class Script:
-    """A Lua script and its SHA1 (what EVALSHA names it by)."""
-
-    __slots__ = ("sha", "source")
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()

@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from flagstream.stack.redis import RedisServer
-from publisher.resp import RespClient, RespReplyError, RespUnavailable, Script
+from publisher.resp import RespClient, RespReplyError, RespUnavailable
 
 pytestmark = pytest.mark.integration
 
@@ -55,14 +55,16 @@ async def test_a_script_redis_does_not_know_is_loaded_and_run(
 ) -> None:
     resp = RespClient.for_url(private_redis.url, connect_timeout=2.0, timeout=2.0)
     assert resp is not None
-    script = Script("return {KEYS[1], ARGV[1], tonumber(ARGV[2]) + 1}")
+    # registered as the store registers its scripts: redis-py computes .sha, sends nothing
+    script = aioredis.Redis().register_script("return {KEYS[1], ARGV[1], tonumber(ARGV[2]) + 1}")
+    boom = aioredis.Redis().register_script("return redis.error_reply('boom')")
     try:
         await resp.call("SCRIPT", "FLUSH")
-        assert await resp.script(script, ["k"], [b"a", 41]) == [b"k", b"a", 42]
+        assert await resp.script(script.sha, script.script, ["k"], [b"a", 41]) == [b"k", b"a", 42]
         assert await resp.call("SCRIPT", "EXISTS", script.sha) == [1]
-        assert await resp.script(script, ["k"], [b"b", 1]) == [b"k", b"b", 2]
+        assert await resp.script(script.sha, script.script, ["k"], [b"b", 1]) == [b"k", b"b", 2]
         with pytest.raises(RespReplyError, match="boom"):
-            await resp.script(Script("return redis.error_reply('boom')"), [], [])
+            await resp.script(boom.sha, boom.script, [], [])
     finally:
         await resp.close()
 
