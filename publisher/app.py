@@ -482,6 +482,7 @@ def build_app(settings: PublisherSettings, store: Store, log: RecordLog) -> web.
         lease_ttl=settings.lease_ttl,
         batch_size=settings.forward_batch,
         stall_after=min(5.0, settings.kafka_request_timeout),
+        commits_settled=app[PUBLISHER].committer.settled,
     )
     admin = settings.admin_token
     app[_ADMIN_SHA] = token_sha256(admin.get_secret_value()) if admin is not None else ""

@@ -18,6 +18,13 @@ Rules, in the order a write meets them:
    records of one batch are forwarded together (one Kafka batch).
 5. **Failure.** If the store call raises (``StoreUnavailable``), every write of that batch
    gets that exception, exactly as a lone ``write_item`` would; later batches are still tried.
+6. **Settling.** ``settled()`` returns once the store call in flight when it was called (if
+   any) has returned, its writers' outcomes set; at once when none is. It waits for no write
+   queued after that call, so it is bounded by one store call (itself bounded by the store's
+   timeout). The forwarder awaits it before reading the outbox: under load, the group being
+   committed then travels in the next Kafka transaction instead of the one after it (fewer,
+   larger transactions); a lone write is never delayed by it (its commit has returned before
+   its writer kicks the forwarder).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ class GroupCommitter:
         self._max = max(1, max_writes)
         self._queue: list[_Pending] = []
         self._task: asyncio.Task[None] | None = None
+        self._in_flight: asyncio.Future[None] | None = None  # done when the store call returned
         self.batches = 0  # store calls made (for tests and metrics)
         self.writes = 0
 
@@ -52,6 +60,13 @@ class GroupCommitter:
         if self._task is None:
             self._task = loop.create_task(self._run())
         return await future
+
+    async def settled(self) -> None:
+        """Return once the store call in flight now (if any) has returned (rule 6)."""
+        in_flight = self._in_flight
+        if in_flight is not None and not in_flight.done():
+            # shielded: a cancelled waiter must not cancel what the committer resolves
+            await asyncio.shield(in_flight)
 
     async def _run(self) -> None:
         try:
@@ -65,6 +80,7 @@ class GroupCommitter:
     async def _commit_batch(self, batch: Sequence[_Pending]) -> None:
         self.batches += 1
         self.writes += len(batch)
+        self._in_flight = in_flight = asyncio.get_running_loop().create_future()
         try:
             outcomes = await self._store.write_items(
                 [w for w, _ in batch], atomic=False, now_ms=int(time.time() * 1000)
@@ -74,6 +90,9 @@ class GroupCommitter:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
-            if not future.done():
-                future.set_result(outcome)
+        else:
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if not future.done():
+                    future.set_result(outcome)
+        finally:
+            in_flight.set_result(None)

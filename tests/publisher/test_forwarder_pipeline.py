@@ -1,4 +1,5 @@
-"""The forwarder's rules without Kafka: pipelined removal, a failed removal, a fenced log.
+"""The forwarder's rules without Kafka: pipelined removal, a failed removal, a fenced log,
+reading after the group commit in flight.
 
 On the in-memory store and log (the embedded backend's own implementations); Kafka's
 fencing itself is tested in ``test_fencing.py`` and by the chaos suite's zombie.
@@ -8,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
+from test_store import env_record
 
 from flagstream.memlog import MemoryLog
 from protocol.keys import partition_for
 from publisher.forwarder import Forwarder
+from publisher.groupcommit import GroupCommitter
 from publisher.log import LogFenced
 from publisher.memory_store import MemoryStore
 from publisher.metrics import PublisherMetrics
-from publisher.store import KafkaRecord, StoreUnavailable
+from publisher.store import ItemWrite, KafkaRecord, StoreUnavailable, WriteOutcome
 
 pytestmark = pytest.mark.unit
 
@@ -30,7 +34,7 @@ def record(i: int) -> KafkaRecord:
     return KafkaRecord(env=env, key=f"{env}/flag/f{i % 7}".encode(), value=str(i).encode())
 
 
-def forwarder(store: MemoryStore, log: object) -> Forwarder:
+def forwarder(store: MemoryStore, log: object, **options: object) -> Forwarder:
     return Forwarder(
         store,
         log,  # type: ignore[arg-type]
@@ -40,6 +44,7 @@ def forwarder(store: MemoryStore, log: object) -> Forwarder:
         idle_poll=0.01,
         backoff_initial=0.01,
         backoff_max=0.05,
+        **options,  # type: ignore[arg-type]
     )
 
 
@@ -168,3 +173,58 @@ async def test_a_fenced_log_is_started_again_by_the_leader_before_it_reads() -> 
         await fwd.stop()
     assert log.starts == 2  # started again, by the forwarder, before the next read
     assert sent_values(log) == expected(80)  # the refused batch was sent again, once
+
+
+class GatedStore(MemoryStore):
+    """Item writes wait for ``gate``: a group commit stays in flight until the test opens it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def write_items(self, *args: Any, **kwargs: Any) -> list[WriteOutcome]:
+        await self.gate.wait()
+        return await super().write_items(*args, **kwargs)
+
+
+class BatchLog(MemoryLog):
+    """The in-memory log, sent to one batch at a time (as the Kafka log is): keeps the batches."""
+
+    def __init__(self) -> None:
+        super().__init__(PARTITIONS)
+        self.batches: list[list[bytes]] = []
+
+    async def send_batch(self, records: Sequence[tuple[str, bytes, bytes]]) -> list[object]:
+        self.batches.append([value for _, _, value in records])
+        for env, key, value in records:
+            await self.send(env, key, value)
+        return [None] * len(records)
+
+
+@pytest.mark.parametrize("settle", [True, False], ids=["settled-first", "without"])
+async def test_a_step_reads_after_the_group_commit_in_flight(settle: bool) -> None:
+    store, log = GatedStore(), BatchLog()
+    await store.write_environment(
+        env_record("prod"), expected_version=0, outbox=record(0), audit=b"{}", now_ms=1
+    )
+    committer = GroupCommitter(store)
+    options = {"commits_settled": committer.settled} if settle else {}
+    fwd = forwarder(store, log, **options)
+    write = ItemWrite(
+        "prod", "flag", "k", b"{}", 1, 0, KafkaRecord("prod", b"prod/flag/k", b"1"), b"{}"
+    )
+    commit = asyncio.create_task(committer.commit(write))
+    await asyncio.sleep(0)  # the group commit is in flight, its store call waiting
+    fwd.start()
+    try:
+        fwd.kick()  # the environment's record is in the outbox already
+        await asyncio.sleep(0.05)
+        assert log.batches == ([] if settle else [[b"0"]])  # with settling: still waiting
+        store.gate.set()
+        assert isinstance(await commit, str)  # committed: its outbox entry id
+        fwd.kick()  # what the writer does next
+        await drained(store)
+    finally:
+        await fwd.stop()
+    # settled first: the committing write travels with the entry that was waiting
+    assert log.batches == ([[b"0", b"1"]] if settle else [[b"0"], [b"1"]])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 from publisher_support import Api, read_topic
 from test_app import ENV, create_env, flag
@@ -85,3 +86,38 @@ async def test_a_store_failure_fails_every_write_of_the_group() -> None:
     assert all(isinstance(r, StoreUnavailable) for r in results)
     again = await asyncio.gather(committer.commit(_write("k", 0)), return_exceptions=True)
     assert isinstance(again[0], StoreUnavailable)  # the committer keeps working
+
+
+class _GatedStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def write_items(self, *args: Any, **kwargs: Any) -> list[WriteOutcome]:
+        await self.gate.wait()
+        return await super().write_items(*args, **kwargs)
+
+
+async def test_settled_waits_for_the_store_call_in_flight_and_no_later_one() -> None:
+    from test_store_write_items import make_env
+
+    store = _GatedStore()
+    store.gate.set()
+    await make_env(store)
+    committer = GroupCommitter(store)
+    await asyncio.wait_for(committer.settled(), 1)  # nothing in flight: at once
+    store.gate.clear()
+    first = asyncio.create_task(committer.commit(_write("a", 0)))
+    await asyncio.sleep(0)
+    queued = asyncio.create_task(committer.commit(_write("b", 0)))  # queued behind the first
+    settled = asyncio.create_task(committer.settled())
+    await asyncio.sleep(0.02)
+    assert not settled.done()  # the first group's store call has not returned
+    cancelled = asyncio.create_task(committer.settled())
+    await asyncio.sleep(0)
+    cancelled.cancel()  # a waiter that gives up does not disturb the commit
+    store.gate.set()
+    await asyncio.wait_for(settled, 1)
+    assert first.done() and isinstance(first.result(), str)  # its writer's outcome is set
+    assert isinstance(await queued, str) and isinstance(await first, str)
+    assert committer.batches == 2
