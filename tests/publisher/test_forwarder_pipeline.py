@@ -188,7 +188,7 @@ class GatedStore(MemoryStore):
 
 
 class BatchLog(MemoryLog):
-    """The in-memory log, sent to one batch at a time (as the Kafka log is): keeps the batches."""
+    """The in-memory log with a batch send, as the Kafka log has; keeps each batch's values."""
 
     def __init__(self) -> None:
         super().__init__(PARTITIONS)
@@ -208,18 +208,30 @@ async def test_a_step_reads_after_the_group_commit_in_flight(settle: bool) -> No
         env_record("prod"), expected_version=0, outbox=record(0), audit=b"{}", now_ms=1
     )
     committer = GroupCommitter(store)
-    options = {"commits_settled": committer.settled} if settle else {}
-    fwd = forwarder(store, log, **options)
+    asked = asyncio.Event()
+
+    async def settled() -> None:
+        asked.set()
+        await committer.settled()
+
+    fwd = forwarder(store, log, **({"commits_settled": settled} if settle else {}))
     write = ItemWrite(
         "prod", "flag", "k", b"{}", 1, 0, KafkaRecord("prod", b"prod/flag/k", b"1"), b"{}"
     )
     commit = asyncio.create_task(committer.commit(write))
-    await asyncio.sleep(0)  # the group commit is in flight, its store call waiting
+    await asyncio.sleep(0)  # the group commit is in flight, its store call held at the gate
     fwd.start()
     try:
         fwd.kick()  # the environment's record is in the outbox already
-        await asyncio.sleep(0.05)
-        assert log.batches == ([] if settle else [[b"0"]])  # with settling: still waiting
+        async with asyncio.timeout(5):
+            if settle:
+                await asked.wait()
+                await asyncio.sleep(0.05)  # room to misbehave: nothing may be sent meanwhile
+                assert log.batches == []
+            else:
+                while not log.batches:  # noqa: ASYNC110 - the forwarder's own pace
+                    await asyncio.sleep(0.005)
+                assert log.batches == [[b"0"]]  # read without waiting: the commit missed it
         store.gate.set()
         assert isinstance(await commit, str)  # committed: its outbox entry id
         fwd.kick()  # what the writer does next

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 from publisher_support import Api, read_topic
 from test_app import ENV, create_env, flag
+from test_forwarder_pipeline import GatedStore
 
 from publisher.app import PUBLISHER
 from publisher.groupcommit import GroupCommitter
@@ -88,20 +88,10 @@ async def test_a_store_failure_fails_every_write_of_the_group() -> None:
     assert isinstance(again[0], StoreUnavailable)  # the committer keeps working
 
 
-class _GatedStore(MemoryStore):
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate = asyncio.Event()
-
-    async def write_items(self, *args: Any, **kwargs: Any) -> list[WriteOutcome]:
-        await self.gate.wait()
-        return await super().write_items(*args, **kwargs)
-
-
 async def test_settled_waits_for_the_store_call_in_flight_and_no_later_one() -> None:
     from test_store_write_items import make_env
 
-    store = _GatedStore()
+    store = GatedStore()
     store.gate.set()
     await make_env(store)
     committer = GroupCommitter(store)
