@@ -93,7 +93,6 @@ class GroupCommitter:
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
-            return
         else:
             for (_, future), outcome in zip(batch, outcomes, strict=True):
                 if not future.done():
