@@ -30,10 +30,12 @@ Rules:
   the cost of duplicates (at-least-once; relays and SDKs ignore a version they already hold).
 - **Pipelined removal.** A committed batch is removed from the outbox while the next batch is
   read and sent: removals run one after the other in commit order, and a batch's removal
-  waits for the one before it. The next read skips the entries whose removal is still
-  pending. If a removal fails, the removals after it are not attempted and the next step
-  starts over from the oldest entry left in the outbox (sent again, in order: at-least-once),
-  so the outbox never loses an older entry while keeping a newer one.
+  waits for the one before it. The next read starts after the last entry sent in this lease
+  term (outbox ids only grow), so it never returns an entry whose removal is still pending.
+  If a removal fails, the removals after it are not attempted and the next step starts over
+  from the oldest entry left in the outbox (sent again, in order: at-least-once), so the
+  outbox never loses an older entry while keeping a newer one. A failed send and a new term
+  also read from the oldest entry left (skipping the entries whose removal is pending).
 - **Kafka down.** Sends fail or time out; the forwarder keeps retrying with exponential backoff
   (capped), never skipping, never reordering. Redis down: same, the lease is re-acquired after.
 - **A topic the log created is filled first.** When the record log (re)creates the topic (at
@@ -141,6 +143,8 @@ class Forwarder:
         # last removal task (each awaits the one before it) and the ids not yet removed.
         self._removing: asyncio.Task[None] | None = None
         self._unremoved: set[str] = set()
+        # (term, id): the last entry sent in that lease term; the next read starts after it.
+        self._sent_up_to: tuple[int, str] | None = None
         self._republish_pending = False
         self.kafka_ok = False  # last Kafka operation succeeded (for /readyz detail)
         self._tasks: list[asyncio.Task[None]] = []
@@ -361,12 +365,9 @@ class Forwarder:
         if self._commits_settled is not None:
             await self._commits_settled()  # before un-kicking: its writers kick as it returns
         self._kicked = False  # a commit from now on kicks again: it may miss this read
-        # A copy: a removal finishing during the read must not make its entries look new.
-        pending = frozenset(self._unremoved)
-        rows = await self._store.outbox_read(self._batch + len(pending))
-        entries = [e for e in rows if e.id not in pending][: self._batch] if pending else rows
+        entries = await self._read(fence)
         if not entries:
-            if not pending:
+            if not self._unremoved:
                 self._metrics.outbox_depth.set(0)
             return False
         if fence != self._fence or not self._lease_fresh():
@@ -380,6 +381,9 @@ class Forwarder:
                 failure = result
                 break
             acked.append(entry)
+        # Everything up to the batch's last entry was sent this term: the next read starts
+        # after it. After a failure the next read starts from the oldest entry left.
+        self._sent_up_to = (fence, entries[-1].id) if failure is None else None
         if acked:
             self.kafka_ok = True
             self._notify(acked)  # committed in Kafka: what a 200/201 means
@@ -422,6 +426,17 @@ class Forwarder:
             observe(max(0.0, (now_ms - entry.enqueued_ms) / 1000))
         self._metrics.records_forwarded.inc(len(acked))
 
+    async def _read(self, fence: int) -> list[OutboxEntry]:
+        """The next batch: the entries after the last one sent this term, or from the oldest
+        entry without those whose removal is pending."""
+        after = self._sent_up_to[1] if self._sent_up_to and self._sent_up_to[0] == fence else None
+        # A copy: a removal finishing during the read must not make its entries look new.
+        # Reading after the last entry sent skips them in the store already.
+        pending = frozenset(self._unremoved) if after is None else frozenset()
+        count = self._batch + len(pending)
+        rows = await self._store.outbox_read(count, after=after)
+        return [e for e in rows if e.id not in pending][: self._batch] if pending else rows
+
     async def removals_done(self) -> None:
         """Return once every batch whose writers were answered so far has been removed from
         the outbox (or its removal failed: then it is sent again). Changes nothing."""
@@ -436,7 +451,7 @@ class Forwarder:
         if task is not None and task.done():
             self._removing = None
             if not task.cancelled() and task.exception() is not None:
-                self._unremoved.clear()  # not removed: read again and sent again, in order
+                self._forget_unremoved()  # not removed: read again and sent again, in order
                 raise task.exception()  # type: ignore[misc]
 
     async def _settle_removals(self) -> None:
@@ -449,10 +464,15 @@ class Forwarder:
         except asyncio.CancelledError:
             if not task.cancelled():
                 raise
-            self._unremoved.clear()
+            self._forget_unremoved()
         except Exception:
-            self._unremoved.clear()
+            self._forget_unremoved()
             _log.debug("outbox removal failed; the entries will be sent again", exc_info=True)
+
+    def _forget_unremoved(self) -> None:
+        """Removals failed: their entries are read (and sent) again, from the oldest left."""
+        self._unremoved.clear()
+        self._sent_up_to = None
 
 
 def _resolve(future: asyncio.Future[bool], value: bool) -> None:

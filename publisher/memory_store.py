@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from protocol.environment import EnvironmentRecord
 from publisher.store import (
@@ -154,8 +154,13 @@ class MemoryStore:
         return list(reversed(log[-limit:])) if limit > 0 else []
 
     # -- outbox ------------------------------------------------------------------------
-    async def outbox_read(self, count: int) -> list[OutboxEntry]:
-        return list(itertools.islice(self._outbox.values(), max(count, 0)))
+    async def outbox_read(self, count: int, *, after: str | None = None) -> list[OutboxEntry]:
+        entries: Iterable[OutboxEntry] = self._outbox.values()
+        if after is not None:
+            # ids are "{ms}-{seq}" with one sequence for the whole store: order by the sequence
+            after_seq = int(after.rpartition("-")[2])
+            entries = (e for e in entries if int(e.id.rpartition("-")[2]) > after_seq)
+        return list(itertools.islice(entries, max(count, 0)))
 
     async def outbox_remove(self, ids: list[str], *, owner: str, fence: int) -> int:
         if not self._holds(owner) or fence != self._fence:

@@ -497,14 +497,15 @@ class RedisStore:
 
     # -- outbox ------------------------------------------------------------------------
     @_unavailable
-    async def outbox_read(self, count: int) -> list[OutboxEntry]:
+    async def outbox_read(self, count: int, *, after: str | None = None) -> list[OutboxEntry]:
+        start = "-" if after is None else "(" + after  # "(": exclusive
         client = self._hot_client
         if client is None:
-            rows = await self._r.xrange(self._k("outbox"), "-", "+", count=count)
+            rows = await self._r.xrange(self._k("outbox"), start, "+", count=count)
         else:
             # RESP: [[id, [field, value, ...]], ...]; redis-py's reply is [(id, {field: value})]
             raw = await _retried(
-                lambda: client.call("XRANGE", self._k("outbox"), "-", "+", "COUNT", count)
+                lambda: client.call("XRANGE", self._k("outbox"), start, "+", "COUNT", count)
             )
             rows = [(raw_id, dict(zip(flat[::2], flat[1::2], strict=True))) for raw_id, flat in raw]
         return [

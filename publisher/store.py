@@ -25,8 +25,9 @@ Rules every implementation (Redis: ``redis_store``, in-memory: ``memory_store``)
 - **Versions never go back.** A delete stores a tombstone (``deleted: true``) with a new
   version, so a later PUT continues the sequence.
 - **Outbox order.** Entries are appended in commit order and read back oldest first; their
-  ids are strings that compare in that order within one store. An entry is removed only by
-  ``outbox_remove`` and only by the holder of the current forwarder lease (fencing token).
+  ids are strings that compare in that order within one store (a later append never gets a
+  smaller id, even after removals). An entry is removed only by ``outbox_remove`` and only by
+  the holder of the current forwarder lease (fencing token).
 - **Lease.** ``acquire_lease`` gives at most one owner at a time; a new term (a different
   owner, or the same owner after expiry) gets a strictly larger fencing token.
 - **Secrets.** Only hashes of tokens and SDK credentials are ever stored.
@@ -355,8 +356,9 @@ class Store(Protocol):
         """The newest ``limit`` audit entries of an environment, newest first."""
 
     # -- outbox ------------------------------------------------------------------------
-    async def outbox_read(self, count: int) -> list[OutboxEntry]:
-        """The oldest ``count`` entries, oldest first (not removed)."""
+    async def outbox_read(self, count: int, *, after: str | None = None) -> list[OutboxEntry]:
+        """The oldest ``count`` entries, oldest first (not removed); with ``after``, the oldest
+        whose id is greater than ``after`` (an entry id this store gave, removed or not)."""
 
     async def outbox_remove(self, ids: list[str], *, owner: str, fence: int) -> int:
         """Remove entries if ``owner`` still holds the lease with ``fence``; return how many."""

@@ -149,8 +149,8 @@ class SQLiteStore:
         return await self._read(_read_audit, env, limit)
 
     # -- outbox ------------------------------------------------------------------------
-    async def outbox_read(self, count: int) -> list[OutboxEntry]:
-        return await self._read(_outbox_read, count)
+    async def outbox_read(self, count: int, *, after: str | None = None) -> list[OutboxEntry]:
+        return await self._read(_outbox_read, count, after)
 
     async def outbox_remove(self, ids: list[str], *, owner: str, fence: int) -> int:
         return await self._write(_outbox_remove, ids, owner, fence, _now_ms())
@@ -366,10 +366,15 @@ def _enqueue(tx: sqlite3.Connection, record: KafkaRecord, now_ms: int) -> str:
     return _entry_id(now_ms, cursor.lastrowid)
 
 
-def _outbox_read(tx: sqlite3.Connection, count: int) -> list[OutboxEntry]:
+def _outbox_read(tx: sqlite3.Connection, count: int, after: str | None) -> list[OutboxEntry]:
+    # AUTOINCREMENT: a sequence number is never given twice, so "after" survives removals
+    after_seq = -1 if after is None else _seq(after)
+    if after_seq is None:
+        raise ValueError(f"not an outbox entry id: {after!r}")
     rows = tx.execute(
-        "SELECT seq, env, record_key, record_value, enqueued_ms FROM outbox ORDER BY seq LIMIT ?",
-        (max(count, 0),),
+        "SELECT seq, env, record_key, record_value, enqueued_ms FROM outbox WHERE seq > ?"
+        " ORDER BY seq LIMIT ?",
+        (after_seq, max(count, 0)),
     )
     return [
         OutboxEntry(_entry_id(ms, seq), KafkaRecord(env, bytes(key), bytes(value)), ms)

@@ -21,7 +21,7 @@ from publisher.groupcommit import GroupCommitter
 from publisher.log import LogFenced
 from publisher.memory_store import MemoryStore
 from publisher.metrics import PublisherMetrics
-from publisher.store import ItemWrite, KafkaRecord, StoreUnavailable, WriteOutcome
+from publisher.store import ItemWrite, KafkaRecord, OutboxEntry, StoreUnavailable, WriteOutcome
 
 pytestmark = pytest.mark.unit
 
@@ -118,6 +118,51 @@ async def test_a_failed_removal_sends_again_from_the_oldest_entry_left() -> None
         assert sorted(want[partition], key=last.__getitem__) == want[partition]
 
 
+class SlowRemoval(MemoryStore):
+    """Removals wait at ``gate``; every read is recorded: (after, ids returned)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.reads: list[tuple[str | None, list[str]]] = []
+
+    async def outbox_remove(self, ids: list[str], *, owner: str, fence: int) -> int:
+        await self.gate.wait()
+        return await super().outbox_remove(ids, owner=owner, fence=fence)
+
+    async def outbox_read(self, count: int, *, after: str | None = None) -> list[OutboxEntry]:
+        rows = await super().outbox_read(count, after=after)
+        self.reads.append((after, [e.id for e in rows]))
+        return rows
+
+
+async def test_a_read_starts_after_the_last_entry_sent_not_at_pending_removals() -> None:
+    store, log = SlowRemoval(), MemoryLog(PARTITIONS)
+    fwd = forwarder(store, log)
+    fwd.start()
+    try:
+        for burst in range(5):  # every batch is sent while the removals before it wait
+            await store.outbox_append(
+                [record(i) for i in range(burst * 30, (burst + 1) * 30)], now_ms=1
+            )
+            fwd.kick()
+            async with asyncio.timeout(5):
+                while sum(map(len, sent_values(log).values())) < (burst + 1) * 30:  # noqa: ASYNC110
+                    await asyncio.sleep(0.005)
+        assert await store.outbox_depth() == 150  # nothing removed yet
+        store.gate.set()
+        await drained(store)
+    finally:
+        store.gate.set()
+        await fwd.stop()
+    assert sent_values(log) == expected(150)
+    returned = [ids for _, ids in store.reads if ids]
+    assert len(returned) == 5 and all(len(ids) == 30 for ids in returned)  # never a pending one
+    assert [after for after, ids in store.reads if ids] == [None] + [
+        ids[-1] for ids in returned[:-1]
+    ]
+
+
 class FencingMemoryLog(MemoryLog):
     """A ``FencingRecordLog`` on the in-memory log: ``fence()`` is another leader starting."""
 
@@ -152,9 +197,9 @@ async def test_a_fenced_log_is_started_again_by_the_leader_before_it_reads() -> 
     reads: list[int] = []
     read = store.outbox_read
 
-    async def recording_read(count: int) -> list:  # type: ignore[type-arg]
+    async def recording_read(count: int, *, after: str | None = None) -> list:  # type: ignore[type-arg]
         reads.append(log.starts)  # which start the read came after
-        return await read(count)
+        return await read(count, after=after)
 
     store.outbox_read = recording_read  # type: ignore[method-assign]
     fwd = forwarder(store, log)

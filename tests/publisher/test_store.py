@@ -120,6 +120,23 @@ async def test_outbox_order_fenced_removal_and_contains(store: Store) -> None:
     assert await store.outbox_depth() == 4
 
 
+async def test_outbox_read_after_an_entry_even_once_it_was_removed(store: Store) -> None:
+    await store.write_environment(
+        env_record(), expected_version=0, outbox=rec("prod", 0), audit=b"{}", now_ms=1
+    )
+    ids = [await put(store, "prod", "f", v, v - 1, n=v) for v in range(1, 7)]
+    assert [e.id for e in await store.outbox_read(2, after=ids[1])] == ids[2:4]
+    assert await store.outbox_read(5, after=ids[-1]) == []
+    fence = await store.acquire_lease("a", 5000)
+    assert fence is not None
+    assert await store.outbox_remove(ids[:3], owner="a", fence=fence) == 3
+    assert [e.id for e in await store.outbox_read(10, after=ids[2])] == ids[3:]
+    # a later append never gets an id at or before one handed out, even once it was removed
+    assert await store.outbox_remove(ids[3:], owner="a", fence=fence) == 3
+    later = await put(store, "prod", "f", 7, 6, n=7)
+    assert [e.id for e in await store.outbox_read(10, after=ids[-1])] == [later]
+
+
 async def test_lease_is_exclusive_and_each_term_has_a_larger_fence(store: Store) -> None:
     # Held for 5 s while exclusivity is checked (a 300 ms term could lapse between these
     # round trips on a loaded machine and let "b" in); the renewal then shortens it to 300 ms.
