@@ -8,9 +8,9 @@ Guarantees a ``RecordLog`` gives the forwarder:
 - **Order.** Records whose ``send`` calls *started* in a given order and target the same
   partition are appended in that order, even when the calls run concurrently (the forwarder
   pipelines a batch of sends). The Kafka implementation runs one transaction at a time under
-  a FIFO lock, on an idempotent producer (``enable_idempotence=True``), which keeps
-  per-partition order across its internal retries and never duplicates a record it retried
-  itself.
+  a FIFO lock, with an idempotent producer's id and sequence numbers
+  (``publisher.kafka_txn``): a batch it sends again after a retriable error is kept once, in
+  its place.
 - **Partitioning.** The partition is ``protocol.keys.partition_for(partition_env, partitions())``,
   set explicitly on every record: every record of one environment lands in one partition.
 - **Batches.** A log may also implement ``BatchRecordLog.send_batch``: the records of one
@@ -33,13 +33,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, Protocol, runtime_checkable
 
-import aiokafka.producer.sender as _aiokafka_sender
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import InvalidProducerEpoch, KafkaTimeoutError, ProducerFenced
+from aiokafka.errors import KafkaTimeoutError
 
 from flagstream.logs import rate_limit
 from protocol.keys import partition_for
+from publisher.kafka_txn import DirectTransactions, TransactionFenced
 
 __all__ = [
     "FENCED_MESSAGE",
@@ -73,10 +73,9 @@ _CONFIG_ERRORS = {
 _RETRY_BACKOFF_MS = 500
 # A transaction's first AddPartitionsToTxn often arrives while the coordinator still writes
 # the previous transaction's commit markers and is answered CONCURRENT_TRANSACTIONS; aiokafka
-# then waits this long (20 ms by default, its own shortcut for this case) before asking again.
-# With one transaction per forwarder batch that wait was most of a batch's time (BENCHMARKS.md,
-# "fencing"): ask again after 2 ms instead. The retry is one small request to the coordinator.
-_aiokafka_sender.BACKOFF_OVERRIDE = 0.002
+# waited 20 ms before asking again, most of a batch's time (BENCHMARKS.md, "fencing"): ask
+# again after 2 ms. The retry is one small request to the coordinator.
+_TXN_RETRY_BACKOFF = 0.002
 
 
 class TopicConfigError(RuntimeError):
@@ -275,7 +274,8 @@ class KafkaRecordLog:
     leader has started its log, a deposed one can never append again: its in-flight batch
     is aborted, and readers at ``read_committed`` (the relays) never see it.
 
-    Each ``send_batch`` is one transaction: begin, the records in order, commit. Its
+    Each ``send_batch`` is one transaction, sent by ``publisher.kafka_txn.DirectTransactions``
+    with the started producer's id and epoch: the records in order, then the commit. Its
     outcomes are all or nothing: every record is acknowledged (committed) or every record
     carries the failure. After any failure the log is not ``ready`` until ``start`` is
     called again; it never restarts by itself, because a start fences every other
@@ -311,6 +311,7 @@ class KafkaRecordLog:
         self._linger_ms = linger_ms
         self._transaction_timeout_ms = transaction_timeout_ms
         self._producer: AIOKafkaProducer | None = None
+        self._transactions: DirectTransactions | None = None  # of the producer of ``start``
         self._broken = False
         self._partitions: int | None = None
         self._topic_created = False
@@ -370,6 +371,13 @@ class KafkaRecordLog:
                 raise
             self._partitions = len(parts)
             self._producer = producer
+            self._transactions = DirectTransactions(
+                producer,
+                self.topic,
+                request_timeout_ms=self._request_timeout_ms,
+                max_batch_bytes=self._max_request_size // 2,
+                retry_backoff=_TXN_RETRY_BACKOFF,
+            )
             self._broken = False
             self.starts += 1
 
@@ -379,6 +387,7 @@ class KafkaRecordLog:
         await self._close_producer()
 
     async def _close_producer(self) -> None:
+        self._transactions = None
         producer, self._producer = self._producer, None
         if producer is not None:
             _consume_failures(producer)  # before: stopping may drop failed batches unseen
@@ -404,93 +413,44 @@ class KafkaRecordLog:
         if not records:
             return []
         async with self._enqueue:
-            producer = self._producer
-            if producer is None or self._broken:
+            transactions = self._transactions
+            if transactions is None or self._broken:
                 return [LogNotReady("the Kafka producer must be started again")] * len(records)
-            count = await self.partitions()
-            topic = self.topic
-            futures: list[asyncio.Future[Any]] = []
+            batches = _by_partition(records, await self.partitions())
             try:
-                # aiokafka retries a transaction's requests for as long as the broker answers
-                # with a retriable error (e.g. the topic was deleted): bound it, so the
-                # forwarder starts the log again (which re-creates the topic).
+                # bounded: the forwarder then starts the log again (which re-creates a topic
+                # deleted at runtime, and aborts whatever this transaction left open)
                 async with asyncio.timeout(self._request_timeout_ms / 1000):
-                    await producer.begin_transaction()
-                    for partition, batch in _batches(producer, records, count):
-                        futures.append(await producer.send_batch(batch, topic, partition=partition))
-                    await producer.commit_transaction()
-                    for future in futures:  # all done once committed; a failure shows here
-                        await future
+                    await transactions.commit(batches)
             except TimeoutError:
                 self._broken = True
-                _retrieve(futures)
                 stalled = KafkaTimeoutError(
                     f"the transaction was not committed within {self._request_timeout_ms} ms"
                 )
                 return [stalled] * len(records)
-            except Exception as exc:
-                # Whatever failed (fenced, broker gone, a record refused), the transaction did
-                # not commit: Kafka aborts it, or the next start of this id does.
+            except TransactionFenced as exc:
                 self._broken = True
-                _retrieve(futures)
-                failure: BaseException = exc
-                if _fenced(producer, exc):
-                    failure = LogFenced(
-                        f"{FENCED_MESSAGE} with transactional.id {self.transactional_id!r}; "
-                        "this one can no longer write"
-                    )
-                return [failure] * len(records)
+                fenced = LogFenced(
+                    f"{FENCED_MESSAGE} with transactional.id {self.transactional_id!r}; "
+                    f"this one can no longer write ({exc})"
+                )
+                return [fenced] * len(records)
+            except Exception as exc:
+                # Whatever failed (broker gone, a record refused), the transaction did not
+                # commit: Kafka aborts it, or the next start of this id does.
+                self._broken = True
+                return [exc] * len(records)
         return [None] * len(records)
 
 
-def _fenced(producer: AIOKafkaProducer, exc: BaseException) -> bool:
-    """Whether a failed transaction failed because a newer producer of the id fenced it.
-
-    aiokafka raises ``ProducerFenced`` from its sender task, which then dies: the caller may
-    see that error, or a later call's complaint about the dead producer's state.
-    """
-    if isinstance(exc, (ProducerFenced, InvalidProducerEpoch)):
-        return True
-    with contextlib.suppress(Exception):  # aiokafka internals: if they change, not fenced
-        task = producer._sender.sender_task
-        if task is not None and task.done() and not task.cancelled():
-            return isinstance(task.exception(), (ProducerFenced, InvalidProducerEpoch))
-    return False
-
-
-def _retrieve(futures: list[asyncio.Future[Any]]) -> None:
-    """Consume the outcomes of a failed transaction's sends (their failure is reported once,
-    by ``send_batch``; asyncio would otherwise log each as never retrieved)."""
-    for future in futures:
-        if future.done():
-            if not future.cancelled():
-                future.exception()
-        else:
-            future.add_done_callback(lambda f: None if f.cancelled() else f.exception())
-
-
-def _batches(
-    producer: AIOKafkaProducer, records: Sequence[tuple[str, bytes, bytes]], partitions: int
-) -> list[tuple[int, Any]]:
-    """The records as Kafka record batches, per partition in the records' order.
-
-    Building the batches directly costs a fraction of one ``producer.send`` per record (no
-    future, metadata wait and size estimate per record); a batch that is full is followed by
-    another one for the same partition, which the producer sends after it.
-    """
-    builders: dict[int, Any] = {}
-    out: list[tuple[int, Any]] = []
+def _by_partition(
+    records: Sequence[tuple[str, bytes, bytes]], partitions: int
+) -> list[tuple[int, list[tuple[bytes, bytes]]]]:
+    """The records grouped by partition, each group in the records' order."""
+    groups: dict[int, list[tuple[bytes, bytes]]] = {}
     for env, key, value in records:
-        partition = partition_for(env, partitions)
-        builder = builders.get(partition)
-        if builder is None or builder.append(timestamp=None, key=key, value=value) is None:
-            builder = builders[partition] = producer.create_batch()
-            out.append((partition, builder))
-            if builder.append(timestamp=None, key=key, value=value) is None:
-                # larger than a whole batch: the record-size limit is checked before the
-                # outbox, so this is a configuration error (max_request_size too small)
-                raise ValueError(f"a record of {len(value)} bytes does not fit a Kafka batch")
-    return out
+        groups.setdefault(partition_for(env, partitions), []).append((key, value))
+    return list(groups.items())
 
 
 def _consume_failures(producer: AIOKafkaProducer) -> None:
