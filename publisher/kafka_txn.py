@@ -25,12 +25,13 @@ Guarantees (what ``KafkaRecordLog.send_batch`` relies on):
   any of the three requests raise ``TransactionFenced``.
 - **Order.** One call at a time (the caller's lock); within a call, records keep their order
   per partition (one batch, or consecutive batches with consecutive sequences).
-- **What is retried** (every ``retry_backoff``, until the caller's timeout): the
-  coordinator's "not yet" (``CONCURRENT_TRANSACTIONS`` while it still writes the previous
-  transaction's markers, ``COORDINATOR_LOAD_IN_PROGRESS``), a coordinator that moved (looked
-  up again), and the errors Kafka calls retriable (a leader that moved, a topic just
-  created: after a metadata refresh). A Produce is retried with the very same batch, so
-  with the same sequence numbers: the broker keeps it once. Anything else raises.
+- **What is retried** (until the caller's timeout): the coordinator's "not yet"
+  (``CONCURRENT_TRANSACTIONS`` while it still writes the previous transaction's markers,
+  ``COORDINATOR_LOAD_IN_PROGRESS``) every ``retry_backoff``; a coordinator that moved (looked
+  up again) and the errors Kafka calls retriable (a leader that moved, a topic just created)
+  every ``metadata_backoff``, after a metadata refresh. A Produce is retried with the very
+  same batch, so with the same sequence numbers: the broker keeps it once. Anything else
+  raises.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class DirectTransactions:
         request_timeout_ms: int,
         max_batch_bytes: int,
         retry_backoff: float = 0.002,
+        metadata_backoff: float = 0.1,
     ) -> None:
         manager: Any = producer._txn_manager  # aiokafka has no public accessor for these
         if manager is None or manager.producer_id < 0:
@@ -97,6 +99,7 @@ class DirectTransactions:
         self._timeout_ms = request_timeout_ms
         self._max_batch_bytes = max_batch_bytes
         self._retry_backoff = retry_backoff
+        self._metadata_backoff = metadata_backoff
         self._sequences: dict[int, int] = {}
         self._coordinator: int | None = None
         self._failed = False
@@ -151,9 +154,13 @@ class DirectTransactions:
                 _check(code, request)
         if codes & _COORDINATOR_MOVED:
             self._coordinator = None
-        if codes - _NOT_YET:
+        if codes <= _NOT_YET:
+            await asyncio.sleep(self._retry_backoff)  # the coordinator is done in a moment
+        else:
+            # a leader moved or a topic is missing: not a matter of milliseconds, and each
+            # attempt costs the cluster a metadata request
             await self._client.force_metadata_update()
-        await asyncio.sleep(self._retry_backoff)
+            await asyncio.sleep(self._metadata_backoff)
         return True
 
     def _encode(

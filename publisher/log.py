@@ -293,9 +293,6 @@ class KafkaRecordLog:
         replication_factor: int = 1,
         request_timeout_ms: int = 10_000,
         max_request_size: int = 2 * 1024 * 1024,
-        # The forwarder hands over a whole batch in one event-loop turn, so the producer has
-        # nothing to wait for: lingering would only add its time to every write's latency.
-        linger_ms: int = 0,
         transactional_id: str | None = None,
         # A transaction lives for milliseconds; a producer killed inside one leaves it open
         # until the next start of the id (the next leader) or this timeout aborts it.
@@ -308,7 +305,6 @@ class KafkaRecordLog:
         self._replication_factor = replication_factor
         self._request_timeout_ms = request_timeout_ms
         self._max_request_size = max_request_size
-        self._linger_ms = linger_ms
         self._transaction_timeout_ms = transaction_timeout_ms
         self._producer: AIOKafkaProducer | None = None
         self._transactions: DirectTransactions | None = None  # of the producer of ``start``
@@ -329,11 +325,6 @@ class KafkaRecordLog:
             transaction_timeout_ms=self._transaction_timeout_ms,
             request_timeout_ms=self._request_timeout_ms,
             max_request_size=self._max_request_size,
-            # One record batch may fill a request: a bulk write of 1,000 ~1 KB items goes to
-            # one partition in one or two produce requests, not in 60 of 16 KB one after
-            # the other (the producer has one request in flight per broker).
-            max_batch_size=self._max_request_size // 2,
-            linger_ms=self._linger_ms,
             retry_backoff_ms=_RETRY_BACKOFF_MS,
         )
 
@@ -375,6 +366,8 @@ class KafkaRecordLog:
                 producer,
                 self.topic,
                 request_timeout_ms=self._request_timeout_ms,
+                # One record batch may fill half a request: a bulk write of 1,000 ~1 KB items
+                # goes to one partition in one or two Produce requests, not 60 of 16 KB.
                 max_batch_bytes=self._max_request_size // 2,
                 retry_backoff=_TXN_RETRY_BACKOFF,
             )
