@@ -429,12 +429,12 @@ class Forwarder:
     async def _read(self, fence: int) -> list[OutboxEntry]:
         """The next batch: the entries after the last one sent this term, or from the oldest
         entry without those whose removal is pending."""
-        after = self._sent_up_to[1] if self._sent_up_to and self._sent_up_to[0] == fence else None
+        sent = self._sent_up_to
+        if sent is not None and sent[0] == fence:  # pending removals are all before it
+            return await self._store.outbox_read(self._batch, after=sent[1])
         # A copy: a removal finishing during the read must not make its entries look new.
-        # Reading after the last entry sent skips them in the store already.
-        pending = frozenset(self._unremoved) if after is None else frozenset()
-        count = self._batch + len(pending)
-        rows = await self._store.outbox_read(count, after=after)
+        pending = frozenset(self._unremoved)
+        rows = await self._store.outbox_read(self._batch + len(pending))
         return [e for e in rows if e.id not in pending][: self._batch] if pending else rows
 
     async def removals_done(self) -> None:

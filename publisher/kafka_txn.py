@@ -206,8 +206,8 @@ class DirectTransactions:
             leader_for = self._client.cluster.leader_for_partition
             for partition, data in batches:
                 node = leader_for(TopicPartition(self._topic, partition))
-                by_node.setdefault(-1 if node is None else node, []).append((partition, data))
-            unplaced = by_node.pop(-1, [])
+                if node is not None and node >= 0:  # else: unanswered, so tried again below
+                    by_node.setdefault(node, []).append((partition, data))
             sends = [
                 self._client.send(
                     node,
@@ -217,6 +217,7 @@ class DirectTransactions:
                 )
                 for node, data in by_node.items()
             ]
+            # one send awaited directly: gather would wrap it in a task (a loop turn more)
             responses = [await sends[0]] if len(sends) == 1 else await asyncio.gather(*sends)
             answered = {
                 answer[0]: answer[1]
@@ -226,8 +227,6 @@ class DirectTransactions:
             }
             again = [(p, data) for p, data in batches if answered.get(p, -1) not in _PRODUCED]
             codes = {answered.get(p, _LEADER_NOT_AVAILABLE) for p, _ in again}
-            if unplaced:
-                codes.add(_LEADER_NOT_AVAILABLE)
             if not await self._retry(codes, "Produce"):
                 return
             batches = again
@@ -240,8 +239,7 @@ def _put(rounds: list[list[tuple[int, bytes]]], k: int, partition: int, builder:
 
 
 def _check(code: int, request: str) -> None:
-    if code == _NONE:
-        return
+    """Raise the failure that error ``code`` (not 0) of ``request`` means."""
     if code in _FENCED:
         raise TransactionFenced(f"{request}: fenced by a newer producer (error code {code})")
     raise TransactionError(f"{request}: {for_code(code).__name__} (error code {code})")

@@ -383,12 +383,10 @@ class KafkaRecordLog:
         self._transactions = None
         producer, self._producer = self._producer, None
         if producer is not None:
-            _consume_failures(producer)  # before: stopping may drop failed batches unseen
             try:
                 await asyncio.wait_for(producer.stop(), self._request_timeout_ms / 1000)
             except Exception:  # TimeoutError (broker down) or a fenced producer's error
                 _log.debug("Kafka producer did not stop cleanly; abandoning it", exc_info=True)
-            _consume_failures(producer)  # after: what its sender failed while stopping
 
     async def partitions(self) -> int:
         if self._partitions is None:
@@ -444,29 +442,3 @@ def _by_partition(
     for env, key, value in records:
         groups.setdefault(partition_for(env, partitions), []).append((key, value))
     return list(groups.items())
-
-
-def _consume_failures(producer: AIOKafkaProducer) -> None:
-    """Mark a dead producer's internal failures as seen, now and when its sender ends.
-
-    When a fenced producer's sender dies, aiokafka fails every batch it still holds
-    (including an internal "drained" future nobody awaits) and the transaction's waiter,
-    which only a commit in progress awaits: a ``send_batch`` that timed out is no longer
-    there to. Without this, asyncio logs each as "Future exception was never retrieved"
-    with a traceback whenever the garbage collector frees it, in whatever code then runs.
-    The failure itself was already reported by ``send_batch``.
-    """
-    with contextlib.suppress(Exception):  # aiokafka internals: if they change, only noise
-        accumulator = producer._message_accumulator
-        batches = [b for queue in accumulator._batches.values() for b in queue]
-        batches += accumulator._pending_batches
-        futures = [f for b in batches for f in (b._drain_waiter, b.future)]
-        if producer._txn_manager is not None:
-            futures.append(producer._txn_manager._transaction_waiter)
-        for future in futures:
-            if future.done() and not future.cancelled():
-                future.exception()
-        sender = producer._sender.sender_task
-        if sender is not None and not sender.done():
-            # Runs after aiokafka's own done callback, which sets those failures.
-            sender.add_done_callback(lambda _: _consume_failures(producer))
