@@ -65,6 +65,11 @@ _NOT_YET = frozenset({_COORDINATOR_LOAD_IN_PROGRESS, _CONCURRENT_TRANSACTIONS})
 _COORDINATOR_MOVED = frozenset({_COORDINATOR_NOT_AVAILABLE, _NOT_COORDINATOR})
 # a batch sent again that the broker already had is answered DUPLICATE_SEQUENCE_NUMBER
 _PRODUCED = frozenset({_NONE, _DUPLICATE_SEQUENCE_NUMBER})
+# A transaction's AddPartitionsToTxn often arrives while the coordinator still writes the
+# previous transaction's commit markers (CONCURRENT_TRANSACTIONS). aiokafka waited 20 ms
+# before asking again, most of a batch's time (BENCHMARKS.md, "fencing"); the retry is one
+# small request to the coordinator, so ask again after 2 ms.
+_NOT_YET_BACKOFF = 0.002
 
 
 class TransactionError(Exception):
@@ -85,7 +90,7 @@ class DirectTransactions:
         *,
         request_timeout_ms: int,
         max_batch_bytes: int,
-        retry_backoff: float = 0.002,
+        retry_backoff: float = _NOT_YET_BACKOFF,
         metadata_backoff: float = 0.1,
     ) -> None:
         manager: Any = producer._txn_manager  # aiokafka has no public accessor for these
@@ -225,9 +230,9 @@ class DirectTransactions:
                 for _, partitions in response.topics
                 for answer in partitions
             }
-            again = [(p, data) for p, data in batches if answered.get(p, -1) not in _PRODUCED]
-            codes = {answered.get(p, _LEADER_NOT_AVAILABLE) for p, _ in again}
-            if not await self._retry(codes, "Produce"):
+            code_of = {p: answered.get(p, _LEADER_NOT_AVAILABLE) for p, _ in batches}
+            again = [(p, data) for p, data in batches if code_of[p] not in _PRODUCED]
+            if not await self._retry({code_of[p] for p, _ in again}, "Produce"):
                 return
             batches = again
 

@@ -71,11 +71,6 @@ _CONFIG_ERRORS = {
 # While the topic is missing, aiokafka refreshes metadata every ``retry_backoff_ms`` and logs
 # an ERROR each time: back off more than its 100 ms default, and rate-limit that logger.
 _RETRY_BACKOFF_MS = 500
-# A transaction's first AddPartitionsToTxn often arrives while the coordinator still writes
-# the previous transaction's commit markers and is answered CONCURRENT_TRANSACTIONS; aiokafka
-# waited 20 ms before asking again, most of a batch's time (BENCHMARKS.md, "fencing"): ask
-# again after 2 ms. The retry is one small request to the coordinator.
-_TXN_RETRY_BACKOFF = 0.002
 
 
 class TopicConfigError(RuntimeError):
@@ -369,7 +364,6 @@ class KafkaRecordLog:
                 # One record batch may fill half a request: a bulk write of 1,000 ~1 KB items
                 # goes to one partition in one or two Produce requests, not 60 of 16 KB.
                 max_batch_bytes=self._max_request_size // 2,
-                retry_backoff=_TXN_RETRY_BACKOFF,
             )
             self._broken = False
             self.starts += 1

@@ -157,9 +157,11 @@ class MemoryStore:
     async def outbox_read(self, count: int, *, after: str | None = None) -> list[OutboxEntry]:
         entries: Iterable[OutboxEntry] = self._outbox.values()
         if after is not None:
-            # ids are "{ms}-{seq}" with one sequence for the whole store: order by the sequence
+            # ids are "{ms}-{seq}" with one sequence for the whole store, kept in append order
             after_seq = int(after.rpartition("-")[2])
-            entries = (e for e in entries if int(e.id.rpartition("-")[2]) > after_seq)
+            entries = itertools.dropwhile(
+                lambda e: int(e.id.rpartition("-")[2]) <= after_seq, entries
+            )
         return list(itertools.islice(entries, max(count, 0)))
 
     async def outbox_remove(self, ids: list[str], *, owner: str, fence: int) -> int:

@@ -58,6 +58,14 @@ def sent_values(log: MemoryLog) -> dict[int, list[int]]:
     return {p: [int(r.value or b"") for r in log.records(p)] for p in range(PARTITIONS)}
 
 
+async def append_burst(store: MemoryStore, fwd: Forwarder, burst: int, size: int) -> None:
+    """Append the ``burst``-th run of ``size`` records and kick the forwarder."""
+    await store.outbox_append(
+        [record(i) for i in range(burst * size, (burst + 1) * size)], now_ms=1
+    )
+    fwd.kick()
+
+
 def expected(count: int) -> dict[int, list[int]]:
     out: dict[int, list[int]] = {p: [] for p in range(PARTITIONS)}
     for i in range(count):
@@ -71,10 +79,7 @@ async def test_pipelined_removal_sends_every_entry_once_in_order() -> None:
     fwd.start()
     try:
         for burst in range(20):  # bursts while batches are in flight and being removed
-            await store.outbox_append(
-                [record(i) for i in range(burst * 37, (burst + 1) * 37)], now_ms=1
-            )
-            fwd.kick()
+            await append_burst(store, fwd, burst, 37)
             await asyncio.sleep(0)
         await drained(store)
     finally:
@@ -142,10 +147,7 @@ async def test_a_read_starts_after_the_last_entry_sent_not_at_pending_removals()
     fwd.start()
     try:
         for burst in range(5):  # every batch is sent while the removals before it wait
-            await store.outbox_append(
-                [record(i) for i in range(burst * 30, (burst + 1) * 30)], now_ms=1
-            )
-            fwd.kick()
+            await append_burst(store, fwd, burst, 30)
             async with asyncio.timeout(5):
                 while sum(map(len, sent_values(log).values())) < (burst + 1) * 30:  # noqa: ASYNC110
                     await asyncio.sleep(0.005)
